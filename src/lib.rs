@@ -1,0 +1,10 @@
+//! MemKV: a zero-copy KV-cache block store for LLM serving.
+//!
+//! This crate holds the node (`memkv-server`), the wire protocol, the client library
+//! ([`Client`](client::Client)) and the `memkv` CLI. See `docs/architecture.md` for the picture
+//! and `docs/protocol.md` for the wire format.
+
+pub mod auth;
+pub mod license;
+pub mod wire;
+pub mod server;

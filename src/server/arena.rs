@@ -1,0 +1,306 @@
+//! The DRAM arena: one pre-allocated anonymous mapping that holds every object's bytes, and the
+//! allocator that hands out ranges of it.
+//!
+//! Owns: the mapping, the free list, and the two views of a range — [`SlotMut`] (exclusive,
+//! not yet visible: bytes are received from the socket straight into it) and [`Slot`] (frozen,
+//! shared through `Arc`: bytes are sent from it). A range returns to the free list only when its
+//! last `Slot`/`SlotMut`/[`PartialBuf`] is dropped, so memory under an in-flight read is never
+//! reused. The mapping is made once so that a later transport can register it once as an RDMA
+//! memory region.
+//!
+//! Invariants: ranges handed out never overlap; a `SlotMut` is the only handle to its range;
+//! a `Slot` is never written; a `PartialBuf` is written only through ranges that the store has
+//! checked to be disjoint from every other in-flight write (see [`PartialBuf::range_mut`]).
+
+use std::cell::UnsafeCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::MmapMut;
+use parking_lot::Mutex;
+
+/// Allocation granularity: objects start on a cache line.
+const ALIGN: u64 = 64;
+
+/// Best-fit free list over `[0, capacity)`, coalescing neighbours on free.
+#[derive(Debug)]
+struct FreeList {
+    by_off: BTreeMap<u64, u64>,
+    by_size: BTreeSet<(u64, u64)>,
+}
+
+impl FreeList {
+    fn new(capacity: u64) -> Self {
+        let mut f = Self { by_off: BTreeMap::new(), by_size: BTreeSet::new() };
+        if capacity > 0 {
+            f.insert(0, capacity);
+        }
+        f
+    }
+
+    fn insert(&mut self, off: u64, len: u64) {
+        self.by_off.insert(off, len);
+        self.by_size.insert((len, off));
+    }
+
+    fn remove(&mut self, off: u64, len: u64) {
+        self.by_off.remove(&off);
+        self.by_size.remove(&(len, off));
+    }
+
+    fn alloc(&mut self, len: u64) -> Option<u64> {
+        let &(flen, off) = self.by_size.range((len, 0)..).next()?;
+        self.remove(off, flen);
+        if flen > len {
+            self.insert(off + len, flen - len);
+        }
+        Some(off)
+    }
+
+    fn free(&mut self, mut off: u64, mut len: u64) {
+        if let Some((&poff, &plen)) = self.by_off.range(..off).next_back()
+            && poff + plen == off
+        {
+            self.remove(poff, plen);
+            off = poff;
+            len += plen;
+        }
+        if let Some(&nlen) = self.by_off.get(&(off + len)) {
+            self.remove(off + len, nlen);
+            len += nlen;
+        }
+        self.insert(off, len);
+    }
+
+    fn largest(&self) -> u64 {
+        self.by_size.iter().next_back().map_or(0, |&(l, _)| l)
+    }
+}
+
+/// The arena. Shared by every slot through `Arc`.
+pub(crate) struct Arena {
+    map: UnsafeCell<MmapMut>,
+    capacity: u64,
+    free: Mutex<FreeList>,
+    used: AtomicU64,
+}
+
+// SAFETY: the mapping is only accessed through slots, and the slot types enforce the aliasing
+// rules stated in the module doc (one writer per range, no writer for frozen ranges). The free
+// list is behind a mutex and `used` is atomic.
+unsafe impl Sync for Arena {}
+// SAFETY: as above; the mapping is plain memory owned by this value.
+unsafe impl Send for Arena {}
+
+impl std::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arena").field("capacity", &self.capacity).field("used", &self.used()).finish()
+    }
+}
+
+impl Arena {
+    /// Maps `capacity` bytes of anonymous memory (committed lazily by the kernel).
+    pub(crate) fn new(capacity: u64) -> std::io::Result<Arc<Self>> {
+        let len = usize::try_from(capacity).map_err(|_| std::io::Error::other("arena size does not fit in memory"))?;
+        let map = MmapMut::map_anon(len.max(1))?;
+        Ok(Arc::new(Self {
+            map: UnsafeCell::new(map),
+            capacity,
+            free: Mutex::new(FreeList::new(capacity)),
+            used: AtomicU64::new(0),
+        }))
+    }
+
+    /// Bytes handed out (rounded to the allocation granularity), including evicted objects that
+    /// are still pinned by readers.
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Total bytes.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Largest contiguous free range.
+    pub(crate) fn largest_free(&self) -> u64 {
+        self.free.lock().largest()
+    }
+
+    fn rounded(len: u64) -> u64 {
+        len.max(1).div_ceil(ALIGN) * ALIGN
+    }
+
+    /// Allocates `len` bytes, or `None` when no free range is large enough.
+    pub(crate) fn try_alloc(self: &Arc<Self>, len: u64) -> Option<SlotMut> {
+        let rounded = Self::rounded(len);
+        let off = self.free.lock().alloc(rounded)?;
+        self.used.fetch_add(rounded, Ordering::Relaxed);
+        Some(SlotMut(Range { arena: Arc::clone(self), off, len }))
+    }
+
+    fn base(&self) -> *mut u8 {
+        // SAFETY: reading the pointer of the mapping does not create a reference to its bytes.
+        unsafe { (*self.map.get()).as_mut_ptr() }
+    }
+}
+
+/// An allocated range; returns itself to the free list on drop.
+struct Range {
+    arena: Arc<Arena>,
+    off: u64,
+    len: u64,
+}
+
+impl Range {
+    fn ptr(&self) -> *mut u8 {
+        // SAFETY: off + len <= capacity (the free list only hands out ranges inside it).
+        unsafe { self.arena.base().add(self.off as usize) }
+    }
+}
+
+impl Drop for Range {
+    fn drop(&mut self) {
+        let rounded = Arena::rounded(self.len);
+        self.arena.free.lock().free(self.off, rounded);
+        self.arena.used.fetch_sub(rounded, Ordering::Relaxed);
+    }
+}
+
+/// An exclusive, not yet visible range: the receive buffer of a whole-object PUT.
+pub(crate) struct SlotMut(Range);
+
+impl SlotMut {
+    /// The range's bytes, writable.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: a SlotMut is the only handle to its range (ranges never overlap, and the
+        // SlotMut is not Clone), and `&mut self` makes this borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.0.ptr(), self.0.len as usize) }
+    }
+
+    /// Makes the range read-only and shareable.
+    pub(crate) fn freeze(self) -> Slot {
+        Slot(self.0)
+    }
+
+    /// Turns the range into a buffer that several writers fill in disjoint pieces.
+    pub(crate) fn into_partial(self) -> PartialBuf {
+        PartialBuf(self.0)
+    }
+}
+
+/// A frozen range: the bytes of a complete object. Shared with `Arc`; never written again.
+pub(crate) struct Slot(Range);
+
+impl Slot {
+    /// The object's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: a Slot is never written (only SlotMut and PartialBuf write, and freezing
+        // consumes them), so shared reads cannot race with a write.
+        unsafe { std::slice::from_raw_parts(self.0.ptr(), self.0.len as usize) }
+    }
+
+    /// Object size in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.0.len
+    }
+}
+
+/// The buffer of an object that arrives in several ranged PUTs, possibly on several
+/// connections at once.
+pub(crate) struct PartialBuf(Range);
+
+impl PartialBuf {
+    /// Object size.
+    pub(crate) fn len(&self) -> u64 {
+        self.0.len
+    }
+
+    /// A writable view of `[off, off + len)`.
+    ///
+    /// # Safety
+    /// The caller must guarantee that no other view of an overlapping range (from this method or
+    /// [`PartialBuf::bytes`]) is alive while the returned slice is. The store guarantees it by
+    /// registering every in-flight range under its lock and refusing overlaps.
+    pub(crate) unsafe fn range_mut(&self, off: u64, len: u64) -> &mut [u8] {
+        assert!(off.checked_add(len).is_some_and(|end| end <= self.0.len), "range outside partial object");
+        // SAFETY: in bounds (asserted above); exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.ptr().add(off as usize), len as usize) }
+    }
+
+    /// Freezes a fully written buffer. Consuming `self` requires that no range view is alive.
+    pub(crate) fn freeze(self) -> Slot {
+        Slot(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocations_never_overlap_and_free_space_coalesces() {
+        let a = Arena::new(64 * 10).unwrap();
+        let s: Vec<_> = (0..10).map(|_| a.try_alloc(64).unwrap()).collect();
+        assert!(a.try_alloc(1).is_none(), "arena must be full");
+        assert_eq!(a.used(), 640);
+        let mut offs: Vec<u64> = s.iter().map(|x| x.0.off).collect();
+        offs.sort_unstable();
+        offs.dedup();
+        assert_eq!(offs.len(), 10);
+        drop(s);
+        assert_eq!(a.used(), 0);
+        assert_eq!(a.largest_free(), 640, "neighbours must coalesce back into one range");
+        assert!(a.try_alloc(640).is_some());
+    }
+
+    #[test]
+    fn writes_through_a_slot_are_what_the_frozen_slot_reads() {
+        let a = Arena::new(4096).unwrap();
+        let mut m = a.try_alloc(100).unwrap();
+        m.bytes_mut().copy_from_slice(&[7u8; 100]);
+        let f = Arc::new(m.freeze());
+        assert_eq!(f.bytes(), &[7u8; 100][..]);
+        assert_eq!(f.len(), 100);
+    }
+
+    #[test]
+    fn a_pinned_slot_keeps_its_memory_until_the_last_reader_drops_it() {
+        let a = Arena::new(128).unwrap();
+        let f = Arc::new(a.try_alloc(128).unwrap().freeze());
+        let reader = Arc::clone(&f);
+        drop(f);
+        assert!(a.try_alloc(64).is_none(), "memory under a reader must not be reused");
+        drop(reader);
+        assert!(a.try_alloc(128).is_some());
+    }
+
+    #[test]
+    fn partial_buffers_are_written_in_disjoint_pieces() {
+        let a = Arena::new(4096).unwrap();
+        let p = a.try_alloc(10).unwrap().into_partial();
+        // SAFETY: the two ranges are disjoint and each view is dropped before freezing.
+        unsafe {
+            p.range_mut(0, 5).copy_from_slice(b"hello");
+            p.range_mut(5, 5).copy_from_slice(b"world");
+        }
+        assert_eq!(p.len(), 10);
+        assert_eq!(p.freeze().bytes(), b"helloworld");
+    }
+
+    #[test]
+    fn best_fit_reuses_the_smallest_hole() {
+        let mut f = FreeList::new(1000);
+        let a = f.alloc(100).unwrap();
+        let _b = f.alloc(300).unwrap();
+        let c = f.alloc(100).unwrap();
+        let _d = f.alloc(500).unwrap();
+        f.free(a, 100);
+        f.free(c, 100);
+        assert_eq!(f.alloc(50), Some(a));
+        assert_eq!(f.alloc(100), Some(c));
+        assert_eq!(f.alloc(51), None);
+        assert_eq!(f.alloc(50), Some(a + 50));
+    }
+}

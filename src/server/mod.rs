@@ -1,0 +1,3 @@
+//! The MemKV node.
+mod arena;
+mod store;

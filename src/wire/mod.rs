@@ -1,0 +1,38 @@
+//! The MemKV wire protocol, version 1: frame layout, opcodes, status codes and the codecs for
+//! the small metadata sections (keys, batch entries, EXISTS answers).
+//!
+//! This module is **pure**: it never does I/O, never allocates a buffer whose size came from the
+//! peer before that size was checked against [`Limits`], and never trusts a length it has not
+//! bounded. The byte layout is specified in `docs/protocol.md`; the constants here are the source
+//! of truth and the doc is checked against them by tests.
+//!
+//! A frame is `header (64 B) | meta (meta_len B) | mac (32 B) | payload (length B) | [payload mac (32 B)]`.
+//! The header MAC covers header and meta; the payload is covered by the CRC32C in the header (and
+//! by the optional payload MAC, see `docs/security.md`).
+
+mod batch;
+mod header;
+
+pub use batch::{
+    BatchGetAnswer, BatchGetEntry, BatchPutEntry, decode_exists_answer, decode_get_answers,
+    decode_get_entries, decode_keys, decode_put_entries, decode_statuses, encode_exists_answer,
+    encode_get_answers, encode_get_entries, encode_keys, encode_put_entries, encode_statuses,
+};
+pub use header::{Flags, Header, Limits, Op, Status, WireError};
+
+/// Frame magic: the first four bytes of every frame.
+pub const MAGIC: [u8; 4] = *b"MKVW";
+/// The protocol version this build speaks (and the highest it accepts).
+pub const VERSION: u8 = 1;
+/// Fixed header length in bytes.
+pub const HEADER_LEN: usize = 64;
+/// Length of a MAC (HMAC-SHA256) in bytes.
+pub const MAC_LEN: usize = 32;
+/// Longest key, in bytes, after the namespace prefix is applied.
+pub const MAX_KEY_LEN: usize = 512;
+/// Largest meta section (keys and batch descriptors) a peer may send.
+pub const MAX_META_LEN: usize = 1 << 20;
+/// Most entries in one batch frame (EXISTS, PUT_BATCH, GET_BATCH).
+pub const MAX_BATCH_ENTRIES: usize = 4096;
+/// EXISTS answer for an absent key.
+pub const ABSENT: u64 = u64::MAX;
