@@ -45,13 +45,19 @@ impl std::fmt::Debug for AuthKey {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// The key text has the wrong length.
-    #[error("{AUTH_KEY_ENV} must be 64 hex characters (32 bytes); got {0} characters. Generate one with `memkv keygen`.")]
+    #[error(
+        "{AUTH_KEY_ENV} must be 64 hex characters (32 bytes); got {0} characters. Generate one with `memkv keygen`."
+    )]
     KeyLength(usize),
     /// The key text has a non-hex character.
-    #[error("{AUTH_KEY_ENV} must be 64 hex characters (32 bytes); character {0} is not a hex digit. Generate one with `memkv keygen`.")]
+    #[error(
+        "{AUTH_KEY_ENV} must be 64 hex characters (32 bytes); character {0} is not a hex digit. Generate one with `memkv keygen`."
+    )]
     KeyNotHex(usize),
     /// MAC mismatch: a different cluster key, or a tampered frame.
-    #[error("MAC check failed: the peer uses a different cluster key ({AUTH_KEY_ENV}) or the frame was altered in transit")]
+    #[error(
+        "MAC check failed: the peer uses a different cluster key ({AUTH_KEY_ENV}) or the frame was altered in transit"
+    )]
     BadMac,
     /// The frame's sequence number is not the next one.
     #[error("replayed or reordered frame: sequence number {got}, expected {expected}")]
@@ -65,7 +71,9 @@ pub enum AuthError {
     #[error("replayed handshake: this client nonce was already used")]
     ReplayedHello,
     /// Handshake timestamp too far from our clock.
-    #[error("clock drift of {drift_ms} ms between client and node exceeds the {max_ms} ms limit; synchronise clocks (NTP/chrony)")]
+    #[error(
+        "clock drift of {drift_ms} ms between client and node exceeds the {max_ms} ms limit; synchronise clocks (NTP/chrony)"
+    )]
     ClockDrift {
         /// Observed difference.
         drift_ms: u64,
@@ -188,7 +196,12 @@ pub fn hello_request_mac(key: &AuthKey, header: &[u8; HEADER_LEN], meta: &[u8]) 
 }
 
 /// MAC of a HELLO response (node → client), bound to the client's nonce.
-pub fn hello_response_mac(key: &AuthKey, header: &[u8; HEADER_LEN], meta: &[u8], client_nonce: &[u8; 32]) -> [u8; MAC_LEN] {
+pub fn hello_response_mac(
+    key: &AuthKey,
+    header: &[u8; HEADER_LEN],
+    meta: &[u8],
+    client_nonce: &[u8; 32],
+) -> [u8; MAC_LEN] {
     let mut m = key.mac();
     m.update(HELLO_LABEL);
     m.update(header);

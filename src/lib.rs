@@ -5,6 +5,12 @@
 //! and `docs/protocol.md` for the wire format.
 
 pub mod auth;
+pub mod client;
+pub mod config;
 pub mod license;
-pub mod wire;
+pub mod logging;
 pub mod server;
+pub(crate) mod transport;
+pub mod wire;
+
+pub use client::Client;

@@ -91,8 +91,7 @@ pub const LICENSE_ENV: &str = "MEMKV_LICENSE";
 pub const PUBKEY_ENV: &str = "MEMKV_LICENSE_PUBKEY";
 
 /// MemKV's release public keys (private halves are not in this repository).
-pub const BUILTIN_PUBKEYS: &[&str] =
-    &["ed25519:a7f3941822af56ee5983ebe45f344da63bdc09b8e22dc96a569f3ba49f7d7923"];
+pub const BUILTIN_PUBKEYS: &[&str] = &["ed25519:a7f3941822af56ee5983ebe45f344da63bdc09b8e22dc96a569f3ba49f7d7923"];
 
 /// How far (seconds) `now` may lie before a license's `issued` time and the
 /// license still be accepted, to tolerate clocks that run slightly behind.
@@ -276,10 +275,7 @@ impl PublicKey {
     /// Parses `ed25519:<64 hex chars>`. Surrounding whitespace, blank lines and
     /// `#` comment lines are ignored, so the contents of a key file parse too.
     pub fn parse(s: &str) -> Result<Self, LicenseError> {
-        let bad = |why: &str| LicenseError::BadPublicKey {
-            value: echo(s),
-            why: why.to_owned(),
-        };
+        let bad = |why: &str| LicenseError::BadPublicKey { value: echo(s), why: why.to_owned() };
         if s.contains(SECRET_PREFIX) {
             // Never echo secret material back.
             return Err(LicenseError::BadPublicKey {
@@ -288,12 +284,10 @@ impl PublicKey {
             });
         }
         let line = single_line(s).map_err(|why| bad(&why))?;
-        let hex_part = line
-            .strip_prefix(PUBKEY_PREFIX)
-            .ok_or_else(|| bad("it does not start with \"ed25519:\""))?;
+        let hex_part = line.strip_prefix(PUBKEY_PREFIX).ok_or_else(|| bad("it does not start with \"ed25519:\""))?;
         let bytes = decode_hex32(hex_part).map_err(|why| bad(&why))?;
-        let key = VerifyingKey::from_bytes(&bytes)
-            .map_err(|_| bad("the 32 bytes are not a valid Ed25519 curve point"))?;
+        let key =
+            VerifyingKey::from_bytes(&bytes).map_err(|_| bad("the 32 bytes are not a valid Ed25519 curve point"))?;
         if key.is_weak() {
             return Err(bad("it is a weak (small-order) Ed25519 key"));
         }
@@ -339,8 +333,7 @@ impl SigningKey {
     /// Generates a new key from the operating system's random number generator.
     pub fn generate() -> Result<Self, LicenseError> {
         let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed)
-            .map_err(|e| LicenseError::RandomUnavailable { why: e.to_string() })?;
+        getrandom::fill(&mut seed).map_err(|e| LicenseError::RandomUnavailable { why: e.to_string() })?;
         let key = ed25519_dalek::SigningKey::from_bytes(&seed);
         wipe(&mut seed);
         Ok(SigningKey(key))
@@ -350,16 +343,11 @@ impl SigningKey {
     /// lines and `#` comment lines are ignored, so the contents of a key file
     /// parse too. Errors never contain the key material.
     pub fn parse(s: &str) -> Result<Self, LicenseError> {
-        let bad = |why: &str| LicenseError::BadSigningKey {
-            why: why.to_owned(),
-        };
-        let line = single_line(s)
-            .map_err(|_| bad("expected exactly one non-comment line holding the key"))?;
+        let bad = |why: &str| LicenseError::BadSigningKey { why: why.to_owned() };
+        let line = single_line(s).map_err(|_| bad("expected exactly one non-comment line holding the key"))?;
         let Some(hex_part) = line.strip_prefix(SECRET_PREFIX) else {
             if line.starts_with(PUBKEY_PREFIX) {
-                return Err(bad(
-                    "this is a public key (ed25519:...), not a signing key (ed25519-secret:...)",
-                ));
+                return Err(bad("this is a public key (ed25519:...), not a signing key (ed25519-secret:...)"));
             }
             return Err(bad("it does not start with \"ed25519-secret:\""));
         };
@@ -390,10 +378,7 @@ impl SigningKey {
             return Err(invalid("the licensee is empty".to_owned()));
         }
         if licensee.chars().any(char::is_control) {
-            return Err(invalid(format!(
-                "the licensee {} contains control characters",
-                echo(licensee)
-            )));
+            return Err(invalid(format!("the licensee {} contains control characters", echo(licensee))));
         }
         let issued = issued
             .duration_since(UNIX_EPOCH)
@@ -418,8 +403,7 @@ impl SigningKey {
             capacity_bytes,
             key_id: self.public_key().key_id(),
         };
-        let json = serde_json::to_vec(&claims)
-            .map_err(|e| invalid(format!("the claims do not serialise: {e}")))?;
+        let json = serde_json::to_vec(&claims).map_err(|e| invalid(format!("the claims do not serialise: {e}")))?;
         Ok(self.sign_payload(&json))
     }
 
@@ -427,10 +411,7 @@ impl SigningKey {
     fn sign_payload(&self, claims_json: &[u8]) -> String {
         let signing_input = format!("{TOKEN_PREFIX}.{}", URL_SAFE_NO_PAD.encode(claims_json));
         let signature = self.0.sign(signing_input.as_bytes());
-        format!(
-            "{signing_input}.{}",
-            URL_SAFE_NO_PAD.encode(signature.to_bytes())
-        )
+        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
     }
 }
 
@@ -451,10 +432,7 @@ impl fmt::Display for SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("public", &self.public_key())
-            .field("secret", &"<redacted>")
-            .finish()
+        f.debug_struct("SigningKey").field("public", &self.public_key()).field("secret", &"<redacted>").finish()
     }
 }
 
@@ -519,11 +497,7 @@ impl License {
     /// from [`PUBKEY_ENV`] (plus the built-in ones), the license from
     /// [`LICENSE_ENV`], checked against the current time.
     pub fn from_env() -> Result<License, LicenseError> {
-        Self::from_env_values(
-            std::env::var_os(LICENSE_ENV),
-            std::env::var_os(PUBKEY_ENV),
-            SystemTime::now(),
-        )
+        Self::from_env_values(std::env::var_os(LICENSE_ENV), std::env::var_os(PUBKEY_ENV), SystemTime::now())
     }
 
     /// [`License::from_env`] with the variables' values passed in.
@@ -542,9 +516,10 @@ impl License {
         let trusted = TrustedKeys::with_extra(pubkeys)?;
         let license = match &license {
             None => None,
-            Some(v) => Some(v.to_str().ok_or_else(|| LicenseError::Malformed {
-                why: "MEMKV_LICENSE is not valid UTF-8".to_owned(),
-            })?),
+            Some(v) => Some(
+                v.to_str()
+                    .ok_or_else(|| LicenseError::Malformed { why: "MEMKV_LICENSE is not valid UTF-8".to_owned() })?,
+            ),
         };
         Self::load(license, &trusted, now)
     }
@@ -552,11 +527,7 @@ impl License {
     /// `source`: the MEMKV_LICENSE value (None = not set). Inline if it starts with TOKEN_PREFIX, else a file path.
     ///
     /// An empty or all-blank value counts as not set.
-    pub fn load(
-        source: Option<&str>,
-        trusted: &TrustedKeys,
-        now: SystemTime,
-    ) -> Result<License, LicenseError> {
+    pub fn load(source: Option<&str>, trusted: &TrustedKeys, now: SystemTime) -> Result<License, LicenseError> {
         let source = source.map(str::trim).unwrap_or("");
         if source.is_empty() {
             return Err(LicenseError::Missing);
@@ -564,13 +535,9 @@ impl License {
         if source.starts_with(TOKEN_PREFIX) {
             return Self::verify_token(source, trusted, now);
         }
-        let text = read_small_file(source).map_err(|source_err| LicenseError::Unreadable {
-            path: source.to_owned(),
-            source: source_err,
-        })?;
-        let in_file = |why: String| LicenseError::Malformed {
-            why: format!("license file {source}: {why}"),
-        };
+        let text = read_small_file(source)
+            .map_err(|source_err| LicenseError::Unreadable { path: source.to_owned(), source: source_err })?;
+        let in_file = |why: String| LicenseError::Malformed { why: format!("license file {source}: {why}") };
         let text = String::from_utf8(text).map_err(|_| in_file("not UTF-8 text".to_owned()))?;
         let token = single_line(&text).map_err(in_file)?;
         Self::verify_token(token, trusted, now).map_err(|e| match e {
@@ -581,28 +548,18 @@ impl License {
 
     /// Verifies a token: format, claims, trusted key, signature
     /// (`verify_strict`) and dates against `now`.
-    pub fn verify_token(
-        token: &str,
-        trusted: &TrustedKeys,
-        now: SystemTime,
-    ) -> Result<License, LicenseError> {
+    pub fn verify_token(token: &str, trusted: &TrustedKeys, now: SystemTime) -> Result<License, LicenseError> {
         let (signing_input, claims_json, signature) = split_token(token.trim())?;
-        let claims: Claims =
-            serde_json::from_slice(&claims_json).map_err(|e| LicenseError::Malformed {
-                why: format!("the claims are not valid license JSON ({e})"),
-            })?;
-        let key = trusted
-            .find(&claims.key_id)
-            .ok_or_else(|| LicenseError::UntrustedKey {
-                key_id: echo_plain(&claims.key_id),
-                licensee: claims.licensee.clone(),
-            })?;
-        key.0
-            .verify_strict(signing_input.as_bytes(), &signature)
-            .map_err(|_| LicenseError::BadSignature {
-                key_id: echo_plain(&claims.key_id),
-                licensee: claims.licensee.clone(),
-            })?;
+        let claims: Claims = serde_json::from_slice(&claims_json)
+            .map_err(|e| LicenseError::Malformed { why: format!("the claims are not valid license JSON ({e})") })?;
+        let key = trusted.find(&claims.key_id).ok_or_else(|| LicenseError::UntrustedKey {
+            key_id: echo_plain(&claims.key_id),
+            licensee: claims.licensee.clone(),
+        })?;
+        key.0.verify_strict(signing_input.as_bytes(), &signature).map_err(|_| LicenseError::BadSignature {
+            key_id: echo_plain(&claims.key_id),
+            licensee: claims.licensee.clone(),
+        })?;
         // Signed by a trusted key from here on.
         if claims.expires <= claims.issued {
             return Err(LicenseError::Malformed {
@@ -622,10 +579,7 @@ impl License {
             });
         }
         if now_secs >= claims.expires {
-            return Err(LicenseError::Expired {
-                at: fmt_unix(claims.expires),
-                licensee: claims.licensee,
-            });
+            return Err(LicenseError::Expired { at: fmt_unix(claims.expires), licensee: claims.licensee });
         }
         Ok(License { claims })
     }
@@ -654,11 +608,7 @@ impl License {
         let max = self.claims.max_nodes;
         let nodes = u64::try_from(nodes).unwrap_or(u64::MAX);
         if max != 0 && nodes > u64::from(max) {
-            return Err(LicenseError::TooManyNodes {
-                nodes,
-                max,
-                licensee: self.claims.licensee.clone(),
-            });
+            return Err(LicenseError::TooManyNodes { nodes, max, licensee: self.claims.licensee.clone() });
         }
         Ok(())
     }
@@ -667,11 +617,7 @@ impl License {
     pub fn check_capacity(&self, bytes: u64) -> Result<(), LicenseError> {
         let max = self.claims.capacity_bytes;
         if max != 0 && bytes > max {
-            return Err(LicenseError::OverCapacity {
-                bytes,
-                max,
-                licensee: self.claims.licensee.clone(),
-            });
+            return Err(LicenseError::OverCapacity { bytes, max, licensee: self.claims.licensee.clone() });
         }
         Ok(())
     }
@@ -683,10 +629,7 @@ fn split_token(token: &str) -> Result<(&str, Vec<u8>, Signature), LicenseError> 
     let malformed = |why: String| LicenseError::Malformed { why };
     let parts: Vec<&str> = token.split('.').collect();
     let [prefix, payload, sig] = parts.as_slice() else {
-        return Err(malformed(format!(
-            "a token has 3 '.'-separated parts, this one has {}",
-            parts.len()
-        )));
+        return Err(malformed(format!("a token has 3 '.'-separated parts, this one has {}", parts.len())));
     };
     if *prefix != TOKEN_PREFIX {
         let why = if prefix.starts_with("memkv-license-") {
@@ -695,10 +638,7 @@ fn split_token(token: &str) -> Result<(&str, Vec<u8>, Signature), LicenseError> 
                 echo(prefix)
             )
         } else {
-            format!(
-                "it does not start with \"{TOKEN_PREFIX}.\" (starts with {})",
-                echo(prefix)
-            )
+            format!("it does not start with \"{TOKEN_PREFIX}.\" (starts with {})", echo(prefix))
         };
         return Err(malformed(why));
     }
@@ -708,19 +648,13 @@ fn split_token(token: &str) -> Result<(&str, Vec<u8>, Signature), LicenseError> 
     let sig_bytes = URL_SAFE_NO_PAD
         .decode(sig)
         .map_err(|e| malformed(format!("the signature part is not valid base64url ({e})")))?;
-    let sig_bytes: [u8; 64] = sig_bytes.as_slice().try_into().map_err(|_| {
-        malformed(format!(
-            "the signature is {} bytes, an Ed25519 signature is 64",
-            sig_bytes.len()
-        ))
-    })?;
+    let sig_bytes: [u8; 64] = sig_bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| malformed(format!("the signature is {} bytes, an Ed25519 signature is 64", sig_bytes.len())))?;
     // Structure checked: the signing input is everything before the last '.'.
     let signing_input = &token[..prefix.len() + 1 + payload.len()];
-    Ok((
-        signing_input,
-        claims_json,
-        Signature::from_bytes(&sig_bytes),
-    ))
+    Ok((signing_input, claims_json, Signature::from_bytes(&sig_bytes)))
 }
 
 /// Parses one `MEMKV_LICENSE_PUBKEY` entry: an inline key or a key file path.
@@ -730,43 +664,32 @@ fn parse_key_entry(entry: &str) -> Result<PublicKey, LicenseError> {
     }
     let bytes = read_small_file(entry).map_err(|e| LicenseError::BadPublicKey {
         value: echo(entry),
-        why: format!(
-            "it is neither an inline key nor a readable key file ({})",
-            io_reason(&e)
-        ),
+        why: format!("it is neither an inline key nor a readable key file ({})", io_reason(&e)),
     })?;
     let text = String::from_utf8(bytes).map_err(|_| LicenseError::BadPublicKey {
         value: echo(entry),
         why: "the key file is not UTF-8 text".to_owned(),
     })?;
     PublicKey::parse(&text).map_err(|e| match e {
-        LicenseError::BadPublicKey { value, why } => LicenseError::BadPublicKey {
-            value: echo(entry),
-            why: format!("key file holds {value}: {why}"),
-        },
+        LicenseError::BadPublicKey { value, why } => {
+            LicenseError::BadPublicKey { value: echo(entry), why: format!("key file holds {value}: {why}") }
+        }
         other => other,
     })
 }
 
 /// The lines of `text` that are neither blank nor `#` comments, trimmed.
 fn significant_lines(text: &str) -> impl Iterator<Item = &str> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
 /// The single significant line of `text`; otherwise why not.
 fn single_line(text: &str) -> Result<&str, String> {
     let mut lines = significant_lines(text);
-    let first = lines
-        .next()
-        .ok_or_else(|| "it holds nothing but blank or # comment lines".to_owned())?;
+    let first = lines.next().ok_or_else(|| "it holds nothing but blank or # comment lines".to_owned())?;
     let extra = lines.count();
     if extra > 0 {
-        return Err(format!(
-            "expected exactly one non-comment line, found {}",
-            extra + 1
-        ));
+        return Err(format!("expected exactly one non-comment line, found {}", extra + 1));
     }
     Ok(first)
 }
@@ -774,14 +697,10 @@ fn single_line(text: &str) -> Result<&str, String> {
 /// Decodes exactly 64 hex chars into 32 bytes. Errors never echo the input.
 fn decode_hex32(s: &str) -> Result<[u8; 32], String> {
     if s.len() != 64 {
-        return Err(format!(
-            "expected 64 hex chars after the prefix, found {}",
-            s.chars().count()
-        ));
+        return Err(format!("expected 64 hex chars after the prefix, found {}", s.chars().count()));
     }
     let mut out = [0u8; 32];
-    hex::decode_to_slice(s, &mut out)
-        .map_err(|_| "the key contains characters that are not hex digits".to_owned())?;
+    hex::decode_to_slice(s, &mut out).map_err(|_| "the key contains characters that are not hex digits".to_owned())?;
     Ok(out)
 }
 
@@ -791,10 +710,7 @@ fn read_small_file(path: &str) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     file.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > MAX_FILE_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("file is larger than {MAX_FILE_BYTES} bytes"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("file is larger than {MAX_FILE_BYTES} bytes")));
     }
     Ok(buf)
 }
@@ -836,9 +752,7 @@ fn unix_secs(t: SystemTime) -> u64 {
 /// Unix seconds as RFC 3339 (`2026-01-01T00:00:00Z`), never panicking.
 fn fmt_unix(secs: u64) -> String {
     match UNIX_EPOCH.checked_add(Duration::from_secs(secs)) {
-        Some(t) if secs < FIRST_UNFORMATTABLE_SECS => {
-            humantime::format_rfc3339_seconds(t).to_string()
-        }
+        Some(t) if secs < FIRST_UNFORMATTABLE_SECS => humantime::format_rfc3339_seconds(t).to_string(),
         _ => format!("unix time {secs} (after year 9999)"),
     }
 }
@@ -852,11 +766,7 @@ fn fmt_bytes(b: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{b} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    if unit == 0 { format!("{b} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 /// Best-effort overwrite of a secret buffer (the dalek key zeroes itself).
@@ -898,26 +808,13 @@ mod tests {
 
     /// acme, 2026-01-01 .. 2027-01-01, 4 nodes, 1 GiB.
     fn acme_token(k: &SigningKey) -> String {
-        k.issue(
-            "acme",
-            at("2026-01-01T00:00:00Z"),
-            at("2027-01-01T00:00:00Z"),
-            4,
-            GIB,
-        )
-        .expect("issue")
+        k.issue("acme", at("2026-01-01T00:00:00Z"), at("2027-01-01T00:00:00Z"), 4, GIB).expect("issue")
     }
 
     fn acme_license(max_nodes: u32, capacity_bytes: u64) -> License {
         let k = key(1);
         let token = k
-            .issue(
-                "acme",
-                at("2026-01-01T00:00:00Z"),
-                at("2027-01-01T00:00:00Z"),
-                max_nodes,
-                capacity_bytes,
-            )
+            .issue("acme", at("2026-01-01T00:00:00Z"), at("2027-01-01T00:00:00Z"), max_nodes, capacity_bytes)
             .expect("issue");
         License::verify_token(&token, &trusting(&k), now()).expect("verify")
     }
@@ -984,12 +881,8 @@ mod tests {
     fn load_reads_a_file_ignoring_comments_and_blank_lines() {
         let k = key(1);
         let mut file = tempfile::NamedTempFile::new().expect("tempfile");
-        write!(
-            file,
-            "# MemKV license for acme\n\n   # issued by sales\n  {}  \n\n# end\n",
-            acme_token(&k)
-        )
-        .expect("write");
+        write!(file, "# MemKV license for acme\n\n   # issued by sales\n  {}  \n\n# end\n", acme_token(&k))
+            .expect("write");
         let path = file.path().to_str().expect("utf-8 path");
         let license = License::load(Some(path), &trusting(&k), now()).expect("load");
         assert_eq!(license.claims.licensee, "acme");
@@ -1041,10 +934,7 @@ mod tests {
         let path = dir.path().join("no-such.license");
         let path = path.to_str().expect("utf-8 path");
         let err = License::load(Some(path), &TrustedKeys::builtin(), now()).expect_err("fails");
-        assert!(
-            matches!(&err, LicenseError::Unreadable { path: p, .. } if p == path),
-            "{err:?}"
-        );
+        assert!(matches!(&err, LicenseError::Unreadable { path: p, .. } if p == path), "{err:?}");
         let msg = err.to_string();
         assert_eq!(
             msg,
@@ -1082,17 +972,9 @@ mod tests {
 
         let bad_sig = format!("{}.{}.{}*", parts[0], parts[1], parts[2]);
         let why = malformed_why(License::verify_token(&bad_sig, &trusted, now()));
-        assert!(
-            why.contains("signature part is not valid base64url"),
-            "{why}"
-        );
+        assert!(why.contains("signature part is not valid base64url"), "{why}");
 
-        let short_sig = format!(
-            "{}.{}.{}",
-            parts[0],
-            parts[1],
-            URL_SAFE_NO_PAD.encode([7u8; 63])
-        );
+        let short_sig = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode([7u8; 63]));
         let why = malformed_why(License::verify_token(&short_sig, &trusted, now()));
         assert!(why.contains("63 bytes"), "{why}");
     }
@@ -1154,17 +1036,11 @@ mod tests {
         let json = URL_SAFE_NO_PAD.decode(parts[1]).expect("base64");
         let text = String::from_utf8(json).expect("utf-8");
         // Flip one character: "acme" -> "acmf"; then raise the node limit.
-        for tampered_json in [
-            text.replacen("\"acme\"", "\"acmf\"", 1),
-            text.replacen("\"max_nodes\":4", "\"max_nodes\":9", 1),
-        ] {
+        for tampered_json in
+            [text.replacen("\"acme\"", "\"acmf\"", 1), text.replacen("\"max_nodes\":4", "\"max_nodes\":9", 1)]
+        {
             assert_ne!(tampered_json, text);
-            let tampered = format!(
-                "{}.{}.{}",
-                parts[0],
-                URL_SAFE_NO_PAD.encode(tampered_json.as_bytes()),
-                parts[2]
-            );
+            let tampered = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(tampered_json.as_bytes()), parts[2]);
             let err = License::verify_token(&tampered, &trusting(&k), now()).expect_err("tampered");
             assert!(matches!(err, LicenseError::BadSignature { .. }), "{err:?}");
             let msg = err.to_string();
@@ -1194,12 +1070,8 @@ mod tests {
             other.public_key().key_id()
         );
         let token = signer.sign_payload(json.as_bytes());
-        let trusted = TrustedKeys::with_extra(Some(&format!(
-            "{},{}",
-            signer.public_key(),
-            other.public_key()
-        )))
-        .expect("keys");
+        let trusted =
+            TrustedKeys::with_extra(Some(&format!("{},{}", signer.public_key(), other.public_key()))).expect("keys");
         let err = License::verify_token(&token, &trusted, now()).expect_err("wrong key");
         assert!(matches!(err, LicenseError::BadSignature { .. }), "{err:?}");
     }
@@ -1208,8 +1080,7 @@ mod tests {
     fn license_signed_by_an_untrusted_key_is_rejected() {
         let k = key(3);
         let token = acme_token(&k);
-        let err =
-            License::verify_token(&token, &TrustedKeys::builtin(), now()).expect_err("untrusted");
+        let err = License::verify_token(&token, &TrustedKeys::builtin(), now()).expect_err("untrusted");
         match &err {
             LicenseError::UntrustedKey { key_id, licensee } => {
                 assert_eq!(key_id, &k.public_key().key_id());
@@ -1271,10 +1142,7 @@ mod tests {
         ];
         for (value, expect) in cases {
             let err = TrustedKeys::with_extra(Some(&value)).expect_err("bad key");
-            assert!(
-                matches!(err, LicenseError::BadPublicKey { .. }),
-                "{value}: {err:?}"
-            );
+            assert!(matches!(err, LicenseError::BadPublicKey { .. }), "{value}: {err:?}");
             let msg = err.to_string();
             assert!(msg.contains(expect), "{value}: {msg}");
             assert!(msg.contains("ed25519:<64 hex chars>"), "{msg}");
@@ -1286,9 +1154,7 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().expect("tempfile");
         writeln!(file, "ed25519:1234").expect("write");
         let path = file.path().to_str().expect("utf-8 path");
-        let msg = TrustedKeys::with_extra(Some(path))
-            .expect_err("bad key")
-            .to_string();
+        let msg = TrustedKeys::with_extra(Some(path)).expect_err("bad key").to_string();
         assert!(msg.contains(path), "{msg}");
         assert!(msg.contains("found 4"), "{msg}");
     }
@@ -1324,8 +1190,7 @@ mod tests {
         let token = acme_token(&k);
         let trusted = trusting(&k);
         let expiry = at("2027-01-01T00:00:00Z");
-        License::verify_token(&token, &trusted, expiry - Duration::from_secs(1))
-            .expect("valid until the last second");
+        License::verify_token(&token, &trusted, expiry - Duration::from_secs(1)).expect("valid until the last second");
         for when in [expiry, at("2030-05-05T00:00:00Z")] {
             let err = License::verify_token(&token, &trusted, when).expect_err("expired");
             assert!(
@@ -1345,12 +1210,8 @@ mod tests {
         let token = acme_token(&k);
         let trusted = trusting(&k);
         let issued = at("2026-01-01T00:00:00Z");
-        License::verify_token(
-            &token,
-            &trusted,
-            issued - Duration::from_secs(CLOCK_SKEW_SECS),
-        )
-        .expect("within clock skew tolerance");
+        License::verify_token(&token, &trusted, issued - Duration::from_secs(CLOCK_SKEW_SECS))
+            .expect("within clock skew tolerance");
         let early = at("2025-12-01T00:00:00Z");
         let err = License::verify_token(&token, &trusted, early).expect_err("too early");
         match &err {
@@ -1369,22 +1230,9 @@ mod tests {
         license.check_nodes(0).expect("0 nodes");
         license.check_nodes(4).expect("at the limit");
         let err = license.check_nodes(5).expect_err("over");
-        assert!(
-            matches!(
-                err,
-                LicenseError::TooManyNodes {
-                    nodes: 5,
-                    max: 4,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, LicenseError::TooManyNodes { nodes: 5, max: 4, .. }), "{err:?}");
         let msg = err.to_string();
-        assert!(
-            msg.contains("5 nodes") && msg.contains("at most 4"),
-            "{msg}"
-        );
+        assert!(msg.contains("5 nodes") && msg.contains("at most 4"), "{msg}");
         assert!(msg.contains("max_nodes"), "{msg}");
 
         let unlimited = acme_license(0, 0);
@@ -1462,9 +1310,7 @@ mod tests {
         let public = key(1).public_key().to_string();
         let msg = SigningKey::parse(&public).expect_err("public").to_string();
         assert!(msg.contains("public key"), "{msg}");
-        let msg = SigningKey::parse("ed25519-secret:12")
-            .expect_err("short")
-            .to_string();
+        let msg = SigningKey::parse("ed25519-secret:12").expect_err("short").to_string();
         assert!(msg.contains("found 2"), "{msg}");
     }
 
@@ -1474,20 +1320,14 @@ mod tests {
         let file_text = format!("# memkv signing key, keep private\n{k}\n");
         let parsed: SigningKey = file_text.parse().expect("parse");
         assert_eq!(parsed.public_key(), k.public_key());
-        assert_ne!(
-            SigningKey::generate().expect("generate").public_key(),
-            k.public_key()
-        );
+        assert_ne!(SigningKey::generate().expect("generate").public_key(), k.public_key());
     }
 
     #[test]
     fn public_key_round_trips_and_key_id_is_sha256_prefix() {
         let pk = key(1).public_key();
         let text = pk.to_string();
-        assert!(
-            text.starts_with("ed25519:") && text.len() == 8 + 64,
-            "{text}"
-        );
+        assert!(text.starts_with("ed25519:") && text.len() == 8 + 64, "{text}");
         let parsed: PublicKey = text.parse().expect("parse");
         assert_eq!(parsed, pk);
         let upper = format!("ed25519:{}", text[8..].to_uppercase());
@@ -1528,18 +1368,12 @@ mod tests {
     fn env_values_are_loaded_like_the_environment() {
         let k = key(8);
         let token = acme_token(&k);
-        let err = License::from_env_values(None, Some(k.public_key().to_string().into()), now())
-            .expect_err("unset");
+        let err = License::from_env_values(None, Some(k.public_key().to_string().into()), now()).expect_err("unset");
         assert!(matches!(err, LicenseError::Missing), "{err:?}");
-        let err = License::from_env_values(Some(token.clone().into()), None, now())
-            .expect_err("untrusted");
+        let err = License::from_env_values(Some(token.clone().into()), None, now()).expect_err("untrusted");
         assert!(matches!(err, LicenseError::UntrustedKey { .. }), "{err:?}");
-        let license = License::from_env_values(
-            Some(token.into()),
-            Some(k.public_key().to_string().into()),
-            now(),
-        )
-        .expect("valid");
+        let license = License::from_env_values(Some(token.into()), Some(k.public_key().to_string().into()), now())
+            .expect("valid");
         assert_eq!(license.claims.licensee, "acme");
     }
 
@@ -1548,17 +1382,10 @@ mod tests {
         let k = key(1);
         let errors = vec![
             LicenseError::Missing,
-            License::load(
-                Some("/nonexistent/x.license"),
-                &TrustedKeys::builtin(),
-                now(),
-            )
-            .expect_err("unreadable"),
+            License::load(Some("/nonexistent/x.license"), &TrustedKeys::builtin(), now()).expect_err("unreadable"),
             License::verify_token("x", &TrustedKeys::builtin(), now()).expect_err("malformed"),
-            License::verify_token(&acme_token(&k), &TrustedKeys::builtin(), now())
-                .expect_err("untrusted"),
-            License::verify_token(&acme_token(&k), &trusting(&k), at("2031-01-01T00:00:00Z"))
-                .expect_err("expired"),
+            License::verify_token(&acme_token(&k), &TrustedKeys::builtin(), now()).expect_err("untrusted"),
+            License::verify_token(&acme_token(&k), &trusting(&k), at("2031-01-01T00:00:00Z")).expect_err("expired"),
             TrustedKeys::with_extra(Some("ed25519:\n12")).expect_err("bad key"),
             SigningKey::parse("nope").expect_err("bad signing key"),
             k.issue("", now(), now(), 0, 0).expect_err("invalid"),

@@ -53,7 +53,9 @@ impl Object {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum StoreError {
     /// No room even after evicting everything evictable.
-    #[error("no space for {need} bytes: {used} of {capacity} bytes in use and nothing left to evict (objects still being read or written)")]
+    #[error(
+        "no space for {need} bytes: {used} of {capacity} bytes in use and nothing left to evict (objects still being read or written)"
+    )]
     NoSpace { need: u64, used: u64, capacity: u64 },
     /// Larger than the node's object limit.
     #[error("object of {size} bytes exceeds this node's max_object_size of {max} bytes")]
@@ -199,7 +201,11 @@ impl Store {
                     self.expire_partials(Instant::now());
                 }
                 None => {
-                    return Err(StoreError::NoSpace { need: len, used: self.arena.used(), capacity: self.arena.capacity() });
+                    return Err(StoreError::NoSpace {
+                        need: len,
+                        used: self.arena.used(),
+                        capacity: self.arena.capacity(),
+                    });
                 }
             }
         }
@@ -216,7 +222,11 @@ impl Store {
     pub(crate) fn get(&self, key: &[u8]) -> Option<Arc<Object>> {
         let found = self.index.lock().objects.get(key).cloned();
         let mut c = self.counters.lock();
-        if found.is_some() { c.hits += 1 } else { c.misses += 1 }
+        if found.is_some() {
+            c.hits += 1
+        } else {
+            c.misses += 1
+        }
         found
     }
 
@@ -262,7 +272,13 @@ impl Store {
                 }
                 p.writing.push((offset, end));
                 p.touched = now;
-                return Ok(PartWrite { key: key.into(), buf: Arc::clone(&p.buf), generation: p.generation, offset, len });
+                return Ok(PartWrite {
+                    key: key.into(),
+                    buf: Arc::clone(&p.buf),
+                    generation: p.generation,
+                    offset,
+                    len,
+                });
             }
         }
         // New partial object (or one with a different size): reserve outside the index lock.

@@ -2,8 +2,8 @@
 //! [`MAX_BATCH_ENTRIES`], every length against the bytes actually present, and rejects trailing
 //! bytes, so a decoded batch describes exactly the meta it came from.
 
-use super::header::{Status, WireError, check_key};
 use super::MAX_BATCH_ENTRIES;
+use super::header::{Status, WireError, check_key};
 
 /// One entry of a PUT_BATCH request: a whole object or one range of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

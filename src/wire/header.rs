@@ -197,7 +197,9 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     /// First four bytes are not the magic: not a MemKV peer, or the stream lost sync.
-    #[error("bad frame magic {0:02x?}: the peer does not speak the MemKV protocol (is this the data port, :9900 by default?)")]
+    #[error(
+        "bad frame magic {0:02x?}: the peer does not speak the MemKV protocol (is this the data port, :9900 by default?)"
+    )]
     BadMagic([u8; 4]),
     /// Version newer than ours.
     #[error("protocol version {got} is newer than this node's version {ours}; upgrade the node or use an older client")]
@@ -371,8 +373,8 @@ impl Header {
     }
 }
 
-/// Checks a single-key meta section (PUT, GET, DELETE).
-pub(crate) fn check_key(key: &[u8]) -> Result<(), WireError> {
+/// Checks a key: 1 to [`MAX_KEY_LEN`] bytes.
+pub fn check_key(key: &[u8]) -> Result<(), WireError> {
     if key.len() > MAX_KEY_LEN {
         return Err(WireError::KeyTooLong(key.len()));
     }
@@ -393,20 +395,24 @@ mod tests {
             (any::<u16>(), any::<u32>(), 0u32..=MAX_META_LEN as u32),
             (any::<u64>(), 0u64..=1 << 30, any::<u64>(), any::<u32>()),
         )
-            .prop_map(|((version, op, flags, request_id, seq), (status, count, meta_len), (offset, length, total, crc))| Header {
-                version,
-                op,
-                flags: Flags(flags),
-                request_id,
-                seq,
-                status,
-                count,
-                meta_len,
-                offset,
-                length,
-                total,
-                crc,
-            })
+            .prop_map(
+                |((version, op, flags, request_id, seq), (status, count, meta_len), (offset, length, total, crc))| {
+                    Header {
+                        version,
+                        op,
+                        flags: Flags(flags),
+                        request_id,
+                        seq,
+                        status,
+                        count,
+                        meta_len,
+                        offset,
+                        length,
+                        total,
+                        crc,
+                    }
+                },
+            )
     }
 
     proptest! {

@@ -14,11 +14,11 @@ mod batch;
 mod header;
 
 pub use batch::{
-    BatchGetAnswer, BatchGetEntry, BatchPutEntry, decode_exists_answer, decode_get_answers,
-    decode_get_entries, decode_keys, decode_put_entries, decode_statuses, encode_exists_answer,
-    encode_get_answers, encode_get_entries, encode_keys, encode_put_entries, encode_statuses,
+    BatchGetAnswer, BatchGetEntry, BatchPutEntry, decode_exists_answer, decode_get_answers, decode_get_entries,
+    decode_keys, decode_put_entries, decode_statuses, encode_exists_answer, encode_get_answers, encode_get_entries,
+    encode_keys, encode_put_entries, encode_statuses,
 };
-pub use header::{Flags, Header, Limits, Op, Status, WireError};
+pub use header::{Flags, Header, Limits, Op, Status, WireError, check_key};
 
 /// Frame magic: the first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"MKVW";
@@ -34,5 +34,8 @@ pub const MAX_KEY_LEN: usize = 512;
 pub const MAX_META_LEN: usize = 1 << 20;
 /// Most entries in one batch frame (EXISTS, PUT_BATCH, GET_BATCH).
 pub const MAX_BATCH_ENTRIES: usize = 4096;
+/// Most payload bytes one GET_BATCH answer carries; entries past it are answered with
+/// `PayloadTooLarge` and the client fetches them one by one.
+pub const MAX_BATCH_PAYLOAD: u64 = 64 << 20;
 /// EXISTS answer for an absent key.
 pub const ABSENT: u64 = u64::MAX;

@@ -1,0 +1,682 @@
+//! The cluster client: routes each key to its node, keeps a pool of pipelined sessions per node,
+//! batches, times out, and turns a down node into fast misses (reads) and errors (writes).
+//!
+//! Owns: placement ([`routing`]), per-node session pools and health (backoff between reconnect
+//! attempts), and the mapping of wire answers to results. Never returns bytes whose CRC32C does
+//! not match what the node stored.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), memkv::client::ClientError> {
+//! let client = memkv::Client::from_env()?;          // MEMKV_SERVERS, MEMKV_AUTH_KEY, MEMKV_LICENSE, …
+//! client.put(b"block-1", bytes::Bytes::from(vec![7u8; 4096])).await?;
+//! let back = client.get(b"block-1").await?;        // Some(bytes) or None (miss)
+//! assert_eq!(back.as_deref(), Some(&[7u8; 4096][..]));
+//! let sizes = client.exists(&[b"block-1".as_slice(), b"nope"]).await?; // [Some(4096), None]
+//! # let _ = sizes; Ok(()) }
+//! ```
+
+mod routing;
+mod session;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use parking_lot::Mutex;
+
+use crate::config::{ClientConfig, ConfigError, ServerAddr, Sources, Transport};
+use crate::license::{License, LicenseError, TrustedKeys};
+use crate::wire::{
+    self, ABSENT, BatchGetEntry, BatchPutEntry, Header, MAX_BATCH_ENTRIES, MAX_BATCH_PAYLOAD, MAX_KEY_LEN,
+    MAX_META_LEN, Op, Status,
+};
+use routing::Rendezvous;
+use session::{Incoming, Outgoing, Session, SessionError, SessionParams};
+
+/// First wait before reconnecting to a node that failed.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between reconnect attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Errors of the client library. Messages name the node, what failed and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Invalid configuration.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// License missing, invalid or too small for this cluster.
+    #[error("{0}")]
+    License(#[from] LicenseError),
+    /// A requested feature is not in this build.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Key (with namespace) longer than the protocol allows.
+    #[error("key of {len} bytes (namespace included) exceeds the {max}-byte limit")]
+    KeyTooLong {
+        /// Length with namespace.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// The node is marked down after a failure; the next attempt happens after the backoff.
+    #[error("node {node} is unavailable ({reason}); retrying in {retry_in_ms} ms")]
+    Unavailable {
+        /// Node address.
+        node: String,
+        /// Last failure.
+        reason: String,
+        /// Time until the next reconnect attempt.
+        retry_in_ms: u64,
+    },
+    /// The node did not answer within the op timeout.
+    #[error("{op} on node {node} timed out after {after_ms} ms (MEMKV_OP_TIMEOUT_MS)")]
+    Timeout {
+        /// Node address.
+        node: String,
+        /// Operation.
+        op: &'static str,
+        /// Timeout.
+        after_ms: u64,
+    },
+    /// The connection failed or the node refused the handshake.
+    #[error("node {node}: {reason}")]
+    Connection {
+        /// Node address.
+        node: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The node answered with an error status.
+    #[error("node {node} answered {op} with {status}{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    Server {
+        /// Node address.
+        node: String,
+        /// Operation.
+        op: &'static str,
+        /// Status code.
+        status: Status,
+        /// Node's explanation.
+        message: String,
+    },
+    /// Bytes received did not match their CRC32C: never handed to the caller.
+    #[error("node {node} sent bytes for key {key:?} whose CRC32C does not match; the block was discarded")]
+    Checksum {
+        /// Node address.
+        node: String,
+        /// Key (lossy UTF-8).
+        key: String,
+    },
+    /// The node's answer was malformed.
+    #[error("node {node} sent a malformed answer: {why}")]
+    Protocol {
+        /// Node address.
+        node: String,
+        /// What was wrong.
+        why: String,
+    },
+}
+
+impl ClientError {
+    /// True when the error means "the node could not be reached or answered in time" — the
+    /// cases a read turns into a miss.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Timeout { .. } | Self::Connection { .. })
+    }
+}
+
+struct Health {
+    down_until: Option<Instant>,
+    backoff: Duration,
+    reason: String,
+}
+
+struct Node {
+    addr: ServerAddr,
+    name: String,
+    slots: Vec<tokio::sync::Mutex<Option<Arc<Session>>>>,
+    next_slot: AtomicUsize,
+    health: Mutex<Health>,
+}
+
+impl Node {
+    fn mark_down(&self, reason: &str) {
+        let mut h = self.health.lock();
+        let was_up = h.down_until.is_none();
+        h.backoff = if was_up { BACKOFF_MIN } else { (h.backoff * 2).min(BACKOFF_MAX) };
+        h.down_until = Some(Instant::now() + h.backoff);
+        h.reason = reason.to_string();
+        if was_up {
+            tracing::warn!(node = %self.name, reason, "node unavailable; reads become misses, writes fail until it is back");
+        }
+    }
+
+    fn mark_up(&self) {
+        let mut h = self.health.lock();
+        if h.down_until.take().is_some() {
+            tracing::info!(node = %self.name, "node reachable again");
+        }
+        h.backoff = BACKOFF_MIN;
+    }
+
+    fn check_down(&self) -> Result<(), ClientError> {
+        let h = self.health.lock();
+        match h.down_until {
+            Some(t) if t > Instant::now() => Err(ClientError::Unavailable {
+                node: self.name.clone(),
+                reason: h.reason.clone(),
+                retry_in_ms: t.saturating_duration_since(Instant::now()).as_millis() as u64,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+struct Inner {
+    nodes: Vec<Node>,
+    placement: Rendezvous,
+    cfg: ClientConfig,
+    license: License,
+}
+
+/// A handle on a MemKV cluster. Cheap to clone; all clones share sessions.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("servers", &self.servers()).finish_non_exhaustive()
+    }
+}
+
+/// One entry of [`Client::put_batch`]: `data` goes to `[offset, offset + data.len())` of the
+/// `total`-byte object `key` (a whole object when offset is 0 and total is `data.len()`).
+#[derive(Debug, Clone)]
+pub struct PutItem {
+    /// Object key (the namespace is added by the client).
+    pub key: Vec<u8>,
+    /// Offset inside the object.
+    pub offset: u64,
+    /// Final object size.
+    pub total: u64,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+impl PutItem {
+    /// A whole object.
+    pub fn whole(key: impl Into<Vec<u8>>, data: Bytes) -> Self {
+        Self { key: key.into(), offset: 0, total: data.len() as u64, data }
+    }
+}
+
+/// One entry of [`Client::get_batch`]: `length` bytes from `offset` (0 = to the end).
+#[derive(Debug, Clone)]
+pub struct GetItem {
+    /// Object key (the namespace is added by the client).
+    pub key: Vec<u8>,
+    /// First byte wanted.
+    pub offset: u64,
+    /// Bytes wanted; 0 means to the end of the object.
+    pub length: u64,
+}
+
+impl GetItem {
+    /// A whole object.
+    pub fn whole(key: impl Into<Vec<u8>>) -> Self {
+        Self { key: key.into(), offset: 0, length: 0 }
+    }
+}
+
+impl Client {
+    /// Builds a client from the full config chain (MEMKV_* env vars, MEMKV_CONFIG file, defaults).
+    pub fn from_env() -> Result<Self, ClientError> {
+        Self::new(ClientConfig::from_env()?)
+    }
+
+    /// Builds a client with explicit values on top of the environment (e.g. plugin params).
+    pub fn with_params(explicit: &BTreeMap<String, String>) -> Result<Self, ClientError> {
+        let env = Sources::process_env();
+        let cfg = ClientConfig::resolve(&Sources { explicit, env: &env })?;
+        Self::new(cfg)
+    }
+
+    /// Builds a client: verifies the license and the transport choice. Connections are made
+    /// lazily by the first operation on each node.
+    pub fn new(cfg: ClientConfig) -> Result<Self, ClientError> {
+        let trusted = TrustedKeys::with_extra(cfg.license_pubkey.as_deref())?;
+        let license = License::load(Some(&cfg.license), &trusted, SystemTime::now())?;
+        license.check_nodes(cfg.servers.len())?;
+        match cfg.transport {
+            Transport::Tcp => {}
+            Transport::Auto => tracing::info!("MEMKV_TRANSPORT=auto: using TCP (this build has no RDMA transport yet)"),
+            Transport::Rdma => {
+                return Err(ClientError::Unsupported(
+                    "MEMKV_TRANSPORT=rdma: this build has no RDMA transport yet; set MEMKV_TRANSPORT=tcp or auto"
+                        .into(),
+                ));
+            }
+        }
+        let names: Vec<String> = cfg.servers.iter().map(|s| s.to_string()).collect();
+        let nodes = cfg
+            .servers
+            .iter()
+            .zip(&names)
+            .map(|(addr, name)| Node {
+                addr: addr.clone(),
+                name: name.clone(),
+                slots: (0..cfg.num_connections).map(|_| tokio::sync::Mutex::new(None)).collect(),
+                next_slot: AtomicUsize::new(0),
+                health: Mutex::new(Health { down_until: None, backoff: BACKOFF_MIN, reason: String::new() }),
+            })
+            .collect();
+        Ok(Self { inner: Arc::new(Inner { nodes, placement: Rendezvous::new(&names), cfg, license }) })
+    }
+
+    /// The configured servers, in order.
+    pub fn servers(&self) -> Vec<ServerAddr> {
+        self.inner.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// The verified license.
+    pub fn license(&self) -> &License {
+        &self.inner.license
+    }
+
+    /// The server that owns `key` (namespace applied).
+    pub fn owner_of(&self, key: &[u8]) -> Result<ServerAddr, ClientError> {
+        let k = self.wire_key(key)?;
+        Ok(self.inner.nodes[self.inner.placement.owner(&k)].addr.clone())
+    }
+
+    /// Servers currently marked down (inside their reconnect backoff).
+    pub fn unavailable_servers(&self) -> Vec<ServerAddr> {
+        self.inner.nodes.iter().filter(|n| n.check_down().is_err()).map(|n| n.addr.clone()).collect()
+    }
+
+    fn wire_key(&self, key: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let ns = self.inner.cfg.namespace.as_bytes();
+        let len = if ns.is_empty() { key.len() } else { ns.len() + 1 + key.len() };
+        if len > MAX_KEY_LEN {
+            return Err(ClientError::KeyTooLong { len, max: MAX_KEY_LEN });
+        }
+        if key.is_empty() {
+            return Err(ClientError::Unsupported("empty keys are not allowed".into()));
+        }
+        let mut k = Vec::with_capacity(len);
+        if !ns.is_empty() {
+            k.extend_from_slice(ns);
+            k.push(b'/');
+        }
+        k.extend_from_slice(key);
+        Ok(k)
+    }
+
+    async fn session(&self, node: &Node) -> Result<Arc<Session>, ClientError> {
+        node.check_down()?;
+        let i = node.next_slot.fetch_add(1, Ordering::Relaxed) % node.slots.len();
+        let mut slot = node.slots[i].lock().await;
+        if let Some(s) = slot.as_ref().filter(|s| s.is_alive()) {
+            return Ok(Arc::clone(s));
+        }
+        node.check_down()?;
+        let params = SessionParams {
+            key: &self.inner.cfg.auth_key,
+            payload_mac: self.inner.cfg.payload_mac,
+            connect_timeout: self.inner.cfg.connect_timeout,
+        };
+        match Session::connect(&node.name, &params).await {
+            Ok(s) => {
+                tracing::debug!(node = %node.name, node_id = %s.node_id, slot = i, "session established");
+                node.mark_up();
+                *slot = Some(Arc::clone(&s));
+                Ok(s)
+            }
+            Err(e) => {
+                *slot = None;
+                let reason = e.to_string();
+                if let SessionError::Refused { .. } = e {
+                    // A refused handshake (wrong key, clock drift) will not heal by retrying fast.
+                    tracing::error!(node = %node.name, %reason, "handshake refused");
+                }
+                node.mark_down(&reason);
+                Err(ClientError::Connection { node: node.name.clone(), reason })
+            }
+        }
+    }
+
+    /// Sends one request to node `idx` and returns its answer, with the op timeout applied.
+    async fn call(
+        &self,
+        idx: usize,
+        op: Op,
+        header: Header,
+        meta: Vec<u8>,
+        payload: Vec<Bytes>,
+    ) -> Result<Incoming, ClientError> {
+        let node = &self.inner.nodes[idx];
+        let session = self.session(node).await?;
+        let timeout = self.inner.cfg.op_timeout;
+        match tokio::time::timeout(timeout, session.call(Outgoing { header, meta, payload })).await {
+            Err(_) => Err(ClientError::Timeout {
+                node: node.name.clone(),
+                op: op.name(),
+                after_ms: timeout.as_millis() as u64,
+            }),
+            Ok(Err(e)) => {
+                let reason = e.to_string();
+                node.mark_down(&reason);
+                Err(ClientError::Connection { node: node.name.clone(), reason })
+            }
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    fn server_error(&self, idx: usize, op: Op, r: &Incoming) -> ClientError {
+        ClientError::Server {
+            node: self.inner.nodes[idx].name.clone(),
+            op: op.name(),
+            status: r.header.status(),
+            message: String::from_utf8_lossy(&r.meta).into_owned(),
+        }
+    }
+
+    /// Stores `value` as the whole object `key` (replacing any previous one atomically).
+    pub async fn put(&self, key: &[u8], value: Bytes) -> Result<(), ClientError> {
+        let total = value.len() as u64;
+        self.put_range(key, 0, total, value).await
+    }
+
+    /// Stores `value` at `offset` of the `total`-byte object `key`. The object becomes visible
+    /// when all of its ranges have arrived (within the node's partial timeout).
+    pub async fn put_range(&self, key: &[u8], offset: u64, total: u64, value: Bytes) -> Result<(), ClientError> {
+        let k = self.wire_key(key)?;
+        let idx = self.inner.placement.owner(&k);
+        let mut h = Header::request(Op::Put, 0);
+        h.offset = offset;
+        h.total = total;
+        h.crc = crc32c::crc32c(&value);
+        let r = self.call(idx, Op::Put, h, k, vec![value]).await?;
+        match r.header.status() {
+            Status::Ok => Ok(()),
+            _ => Err(self.server_error(idx, Op::Put, &r)),
+        }
+    }
+
+    /// The whole object `key`, or `None` when it is absent or its node is unavailable.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>, ClientError> {
+        self.get_range(key, 0, 0).await
+    }
+
+    /// `length` bytes of `key` from `offset` (0 = to the end); `None` when absent or the node is
+    /// unavailable.
+    pub async fn get_range(&self, key: &[u8], offset: u64, length: u64) -> Result<Option<Bytes>, ClientError> {
+        let k = self.wire_key(key)?;
+        let idx = self.inner.placement.owner(&k);
+        let mut h = Header::request(Op::Get, 0);
+        h.offset = offset;
+        h.length = 0;
+        h.total = length;
+        // The wanted length travels in `total` of the request: `length` is the payload size.
+        let r = match self.call(idx, Op::Get, h, k, Vec::new()).await {
+            Ok(r) => r,
+            Err(e) if e.is_unavailable() => {
+                tracing::debug!(error = %e, "read turned into a miss");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        match r.header.status() {
+            Status::Ok if crc32c::crc32c(&r.payload) == r.header.crc => Ok(Some(r.payload)),
+            Status::Ok => Err(ClientError::Checksum {
+                node: self.inner.nodes[idx].name.clone(),
+                key: String::from_utf8_lossy(key).into_owned(),
+            }),
+            Status::NotFound => Ok(None),
+            _ => Err(self.server_error(idx, Op::Get, &r)),
+        }
+    }
+
+    /// Removes `key`. True when an object was removed.
+    pub async fn delete(&self, key: &[u8]) -> Result<bool, ClientError> {
+        let k = self.wire_key(key)?;
+        let idx = self.inner.placement.owner(&k);
+        let r = self.call(idx, Op::Delete, Header::request(Op::Delete, 0), k, Vec::new()).await?;
+        match r.header.status() {
+            Status::Ok => Ok(true),
+            Status::NotFound => Ok(false),
+            _ => Err(self.server_error(idx, Op::Delete, &r)),
+        }
+    }
+
+    /// Object sizes for many keys: one EXISTS round trip per node (per 4096 keys), all nodes in
+    /// parallel. Absent keys and keys on unavailable nodes are `None`.
+    pub async fn exists<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<u64>>, ClientError> {
+        let wire: Vec<Vec<u8>> = keys.iter().map(|k| self.wire_key(k.as_ref())).collect::<Result<_, _>>()?;
+        let groups = self.group(&wire, |k| k.len() + 2);
+        let wire = &wire;
+        let calls = groups.into_iter().map(|(idx, members)| async move {
+            let mut meta = Vec::new();
+            wire::encode_keys(members.iter().map(|&i| wire[i].as_slice()), &mut meta);
+            let mut h = Header::request(Op::Exists, 0);
+            h.count = members.len() as u32;
+            let r = match self.call(idx, Op::Exists, h, meta, Vec::new()).await {
+                Ok(r) => r,
+                Err(e) if e.is_unavailable() => return Ok((members, None)),
+                Err(e) => return Err(e),
+            };
+            if r.header.status() != Status::Ok {
+                return Err(self.server_error(idx, Op::Exists, &r));
+            }
+            let sizes = wire::decode_exists_answer(&r.meta, r.header.count)
+                .map_err(|e| ClientError::Protocol { node: self.inner.nodes[idx].name.clone(), why: e.to_string() })?;
+            if sizes.len() != members.len() {
+                return Err(ClientError::Protocol {
+                    node: self.inner.nodes[idx].name.clone(),
+                    why: "EXISTS answer count differs from the question".into(),
+                });
+            }
+            Ok((members, Some(sizes)))
+        });
+        let mut out = vec![None; keys.len()];
+        for res in join_all(calls).await {
+            let (members, sizes) = res?;
+            if let Some(sizes) = sizes {
+                for (i, s) in members.into_iter().zip(sizes) {
+                    out[i] = (s != ABSENT).then_some(s);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores many objects or ranges: one PUT_BATCH per node (split at 4096 entries / 64 MiB),
+    /// all nodes in parallel. Fails with the first entry a node refused.
+    pub async fn put_batch(&self, items: &[PutItem]) -> Result<(), ClientError> {
+        let wire: Vec<Vec<u8>> = items.iter().map(|it| self.wire_key(&it.key)).collect::<Result<_, _>>()?;
+        let crcs: Vec<u32> = items.iter().map(|it| crc32c::crc32c(&it.data)).collect();
+        let mut groups = Vec::new();
+        for (idx, members) in self.group(&wire, |k| k.len() + 30) {
+            // Also bound each frame's payload.
+            let mut chunk: Vec<usize> = Vec::new();
+            let mut bytes = 0u64;
+            for i in members {
+                let len = items[i].data.len() as u64;
+                if !chunk.is_empty() && bytes + len > MAX_BATCH_PAYLOAD {
+                    groups.push((idx, std::mem::take(&mut chunk)));
+                    bytes = 0;
+                }
+                bytes += len;
+                chunk.push(i);
+            }
+            if !chunk.is_empty() {
+                groups.push((idx, chunk));
+            }
+        }
+        let calls = groups.into_iter().map(|(idx, members)| {
+            let (wire, crcs) = (&wire, &crcs);
+            async move {
+                let entries: Vec<BatchPutEntry<'_>> = members
+                    .iter()
+                    .map(|&i| BatchPutEntry {
+                        key: &wire[i],
+                        offset: items[i].offset,
+                        length: items[i].data.len() as u64,
+                        total: items[i].total,
+                        crc: crcs[i],
+                    })
+                    .collect();
+                let mut meta = Vec::new();
+                wire::encode_put_entries(&entries, &mut meta);
+                let mut h = Header::request(Op::PutBatch, 0);
+                h.count = entries.len() as u32;
+                let payload = members.iter().map(|&i| items[i].data.clone()).collect();
+                let r = self.call(idx, Op::PutBatch, h, meta, payload).await?;
+                if r.header.status() != Status::Ok {
+                    return Err(self.server_error(idx, Op::PutBatch, &r));
+                }
+                let node = || self.inner.nodes[idx].name.clone();
+                let statuses = wire::decode_statuses(&r.meta, r.header.count)
+                    .map_err(|e| ClientError::Protocol { node: node(), why: e.to_string() })?;
+                if statuses.len() != members.len() {
+                    return Err(ClientError::Protocol {
+                        node: node(),
+                        why: "PUT_BATCH answer count differs from the request".into(),
+                    });
+                }
+                for (&i, s) in members.iter().zip(statuses) {
+                    if s != Status::Ok {
+                        let message = format!("entry for key {:?}", String::from_utf8_lossy(&items[i].key));
+                        return Err(ClientError::Server { node: node(), op: Op::PutBatch.name(), status: s, message });
+                    }
+                }
+                Ok(())
+            }
+        });
+        join_all(calls).await.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
+    }
+
+    /// Reads many objects or ranges: one GET_BATCH per node, all nodes in parallel. Absent keys
+    /// and keys on unavailable nodes are `None`; other failures are errors.
+    pub async fn get_batch(&self, items: &[GetItem]) -> Result<Vec<Option<Bytes>>, ClientError> {
+        let wire: Vec<Vec<u8>> = items.iter().map(|it| self.wire_key(&it.key)).collect::<Result<_, _>>()?;
+        let groups = self.group(&wire, |k| k.len() + 18);
+        let calls = groups.into_iter().map(|(idx, members)| {
+            let wire = &wire;
+            async move {
+                let entries: Vec<BatchGetEntry<'_>> = members
+                    .iter()
+                    .map(|&i| BatchGetEntry { key: &wire[i], offset: items[i].offset, length: items[i].length })
+                    .collect();
+                let mut meta = Vec::new();
+                wire::encode_get_entries(&entries, &mut meta);
+                let mut h = Header::request(Op::GetBatch, 0);
+                h.count = entries.len() as u32;
+                let r = match self.call(idx, Op::GetBatch, h, meta, Vec::new()).await {
+                    Ok(r) => r,
+                    Err(e) if e.is_unavailable() => {
+                        return Ok(members.into_iter().map(|i| (i, None)).collect::<Vec<_>>());
+                    }
+                    Err(e) => return Err(e),
+                };
+                if r.header.status() != Status::Ok {
+                    return Err(self.server_error(idx, Op::GetBatch, &r));
+                }
+                let node = || self.inner.nodes[idx].name.clone();
+                let answers = wire::decode_get_answers(&r.meta, r.header.count, r.payload.len() as u64)
+                    .map_err(|e| ClientError::Protocol { node: node(), why: e.to_string() })?;
+                if answers.len() != members.len() {
+                    return Err(ClientError::Protocol {
+                        node: node(),
+                        why: "GET_BATCH answer count differs from the request".into(),
+                    });
+                }
+                let mut out = Vec::with_capacity(members.len());
+                let mut at = 0usize;
+                for (&i, a) in members.iter().zip(answers) {
+                    let key = || String::from_utf8_lossy(&items[i].key).into_owned();
+                    match a.status {
+                        Status::Ok => {
+                            let part = r.payload.slice(at..at + a.length as usize);
+                            at += a.length as usize;
+                            if crc32c::crc32c(&part) != a.crc {
+                                return Err(ClientError::Checksum { node: node(), key: key() });
+                            }
+                            out.push((i, Some(part)));
+                        }
+                        Status::NotFound => out.push((i, None)),
+                        // Past the answer's payload budget: fetch on its own.
+                        Status::PayloadTooLarge => {
+                            out.push((i, self.get_range(&items[i].key, items[i].offset, items[i].length).await?))
+                        }
+                        s => {
+                            return Err(ClientError::Server {
+                                node: node(),
+                                op: Op::GetBatch.name(),
+                                status: s,
+                                message: format!("entry for key {:?}", key()),
+                            });
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        });
+        let mut out = vec![None; items.len()];
+        for res in join_all(calls).await {
+            for (i, v) in res? {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The node's status document (the same JSON as its `/v1/status`).
+    pub async fn node_info(&self, server: &ServerAddr) -> Result<serde_json::Value, ClientError> {
+        let idx = self
+            .inner
+            .nodes
+            .iter()
+            .position(|n| &n.addr == server)
+            .ok_or_else(|| ClientError::Unsupported(format!("{server} is not one of this client's servers")))?;
+        let r = self.call(idx, Op::NodeInfo, Header::request(Op::NodeInfo, 0), Vec::new(), Vec::new()).await?;
+        let node = || self.inner.nodes[idx].name.clone();
+        if r.header.status() != Status::Ok {
+            return Err(self.server_error(idx, Op::NodeInfo, &r));
+        }
+        if crc32c::crc32c(&r.payload) != r.header.crc {
+            return Err(ClientError::Checksum { node: node(), key: "<node info>".into() });
+        }
+        serde_json::from_slice(&r.payload).map_err(|e| ClientError::Protocol { node: node(), why: e.to_string() })
+    }
+
+    /// Groups key indices by owning node, split so that each group fits one batch frame.
+    fn group(&self, wire: &[Vec<u8>], entry_meta: impl Fn(&[u8]) -> usize) -> Vec<(usize, Vec<usize>)> {
+        let mut by_node: Vec<Vec<usize>> = vec![Vec::new(); self.inner.nodes.len()];
+        for (i, k) in wire.iter().enumerate() {
+            by_node[self.inner.placement.owner(k)].push(i);
+        }
+        let mut out = Vec::new();
+        for (idx, members) in by_node.into_iter().enumerate() {
+            let mut chunk = Vec::new();
+            let mut meta = 0usize;
+            for i in members {
+                let m = entry_meta(&wire[i]);
+                if !chunk.is_empty() && (chunk.len() == MAX_BATCH_ENTRIES || meta + m > MAX_META_LEN) {
+                    out.push((idx, std::mem::take(&mut chunk)));
+                    meta = 0;
+                }
+                meta += m;
+                chunk.push(i);
+            }
+            if !chunk.is_empty() {
+                out.push((idx, chunk));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,323 @@
+//! One authenticated, pipelined TCP session to a node.
+//!
+//! A writer task owns the socket's write half: callers queue owned frames (header, meta,
+//! payload `Bytes`), so a caller that times out or is cancelled never leaves half a frame on the
+//! wire. The writer seals queued frames in order (sequence numbers, MACs) and sends many per
+//! `writev`. A reader task matches answers to callers by request id and reads each payload into
+//! one buffer of exactly its size. Answers to callers that gave up are read and dropped, so the
+//! stream stays in sync.
+
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::auth::{self, AuthKey, DirectionMac, FEATURE_PAYLOAD_MAC, Hello, Role, SessionKeys};
+use crate::transport::tcp::{FrameError, FrameReader, frame_prefix, write_all_vectored};
+use crate::wire::{Flags, Header, Limits, MAC_LEN, MAX_META_LEN, Op, Status};
+
+/// Frames queued per session before callers wait (backpressure).
+const SEND_QUEUE: usize = 1024;
+/// Most frames sealed into one `writev`.
+const WRITE_BATCH: usize = 64;
+
+/// A request as queued by a caller.
+pub(crate) struct Outgoing {
+    pub(crate) header: Header,
+    pub(crate) meta: Vec<u8>,
+    pub(crate) payload: Vec<Bytes>,
+}
+
+/// A verified answer.
+#[derive(Debug)]
+pub(crate) struct Incoming {
+    pub(crate) header: Header,
+    pub(crate) meta: Vec<u8>,
+    pub(crate) payload: Bytes,
+}
+
+/// Why a session failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum SessionError {
+    /// The connection is gone (peer closed, I/O error, authentication failure).
+    #[error("{0}")]
+    Closed(Arc<str>),
+    /// The node refused the handshake.
+    #[error("node refused the handshake with {status}: {message}")]
+    Refused { status: Status, message: String },
+}
+
+type Waiter = oneshot::Sender<Result<Incoming, SessionError>>;
+
+struct Shared {
+    pending: Mutex<HashMap<u64, Waiter>>,
+    alive: AtomicBool,
+    closed: Notify,
+    reason: Mutex<Option<Arc<str>>>,
+}
+
+impl Shared {
+    fn fail_all(&self, reason: &str) {
+        let reason: Arc<str> = Arc::from(reason);
+        self.alive.store(false, Ordering::Release);
+        self.reason.lock().get_or_insert_with(|| Arc::clone(&reason));
+        self.closed.notify_waiters();
+        let waiters: Vec<Waiter> = self.pending.lock().drain().map(|(_, w)| w).collect();
+        for w in waiters {
+            let _ = w.send(Err(SessionError::Closed(Arc::clone(&reason))));
+        }
+    }
+
+    fn closed_error(&self) -> SessionError {
+        SessionError::Closed(self.reason.lock().clone().unwrap_or_else(|| Arc::from("connection closed")))
+    }
+}
+
+/// Removes a waiter whose caller stopped waiting (timeout or cancellation).
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.pending.lock().remove(&self.id);
+    }
+}
+
+/// One session.
+pub(crate) struct Session {
+    tx: mpsc::Sender<Outgoing>,
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+    /// The node's id from its handshake.
+    pub(crate) node_id: String,
+}
+
+/// What a session needs to start.
+pub(crate) struct SessionParams<'a> {
+    pub(crate) key: &'a AuthKey,
+    pub(crate) payload_mac: bool,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl Session {
+    /// Connects, authenticates and starts the reader and writer tasks.
+    pub(crate) async fn connect(addr: &str, p: &SessionParams<'_>) -> Result<Arc<Self>, SessionError> {
+        let closed = |why: String| SessionError::Closed(Arc::from(why));
+        let stream = tokio::time::timeout(p.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| closed(format!("connect timed out after {} ms", p.connect_timeout.as_millis())))?
+            .map_err(|e| closed(format!("connect failed: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        tokio::time::timeout(p.connect_timeout, Self::start(stream, p))
+            .await
+            .map_err(|_| closed(format!("handshake timed out after {} ms", p.connect_timeout.as_millis())))?
+    }
+
+    /// Runs the handshake on an established stream and starts the tasks.
+    pub(crate) async fn start<S>(stream: S, p: &SessionParams<'_>) -> Result<Arc<Self>, SessionError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let closed = |why: String| SessionError::Closed(Arc::from(why));
+        let (rd, mut wr) = tokio::io::split(stream);
+        let limits = Limits { max_meta: MAX_META_LEN as u32, max_payload: 1 << 40 };
+        let mut rd = FrameReader::new(rd, limits);
+        let nonce = auth::random_bytes().map_err(|e| closed(e.to_string()))?;
+        let hello = Hello {
+            nonce,
+            unix_ms: auth::unix_ms(SystemTime::now()),
+            features: if p.payload_mac { FEATURE_PAYLOAD_MAC } else { 0 },
+        };
+        let meta = hello.encode(b"");
+        let mut h = Header::request(Op::Hello, 0);
+        h.meta_len = meta.len() as u32;
+        let raw = h.encode();
+        let mac = auth::hello_request_mac(p.key, &raw, &meta);
+        wr.write_all(&frame_prefix(&raw, &meta, &mac))
+            .await
+            .map_err(|e| closed(format!("handshake write failed: {e}")))?;
+        let f = match rd.read_head().await {
+            Ok(f) => f,
+            Err(FrameError::Closed) => return Err(closed("node closed the connection during the handshake".into())),
+            Err(e) => return Err(closed(format!("handshake failed: {e}"))),
+        };
+        let expected = auth::hello_response_mac(p.key, &f.raw, &f.meta, &nonce);
+        let authentic = auth::macs_equal(&expected, &f.mac);
+        let status = f.header.status();
+        if status != Status::Ok {
+            let text = String::from_utf8_lossy(&f.meta).into_owned();
+            let message = if authentic {
+                text
+            } else {
+                format!("{text} (this answer could not be authenticated: the node's MEMKV_AUTH_KEY differs from ours)")
+            };
+            return Err(SessionError::Refused { status, message });
+        }
+        if !authentic {
+            return Err(SessionError::Refused {
+                status: Status::BadMac,
+                message: "the node's handshake answer did not authenticate: it uses a different MEMKV_AUTH_KEY".into(),
+            });
+        }
+        let (theirs, tail) = Hello::decode(&f.meta).map_err(|e| closed(e.to_string()))?;
+        let node_id = String::from_utf8_lossy(tail).into_owned();
+        let payload_mac = theirs.features & FEATURE_PAYLOAD_MAC != 0;
+        let keys = SessionKeys::derive(p.key, &nonce, &theirs.nonce, Role::Client);
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            alive: AtomicBool::new(true),
+            closed: Notify::new(),
+            reason: Mutex::new(None),
+        });
+        let (tx, rx) = mpsc::channel(SEND_QUEUE);
+        tokio::spawn(write_loop(wr, keys.send, rx, payload_mac, Arc::clone(&shared)));
+        tokio::spawn(read_loop(rd, keys.recv, payload_mac, Arc::clone(&shared)));
+        Ok(Arc::new(Self { tx, shared, next_id: AtomicU64::new(1), node_id }))
+    }
+
+    /// Whether the session can still carry requests.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.shared.alive.load(Ordering::Acquire)
+    }
+
+    /// Sends one request and waits for its answer. Cancellation-safe: dropping the future
+    /// abandons the answer without disturbing the stream.
+    pub(crate) async fn call(&self, mut req: Outgoing) -> Result<Incoming, SessionError> {
+        if !self.is_alive() {
+            return Err(self.shared.closed_error());
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        req.header.request_id = id;
+        let (tx, rx) = oneshot::channel();
+        self.shared.pending.lock().insert(id, tx);
+        let _guard = PendingGuard { shared: &self.shared, id };
+        if self.tx.send(req).await.is_err() {
+            return Err(self.shared.closed_error());
+        }
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(self.shared.closed_error()),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // The writer ends when the queue's sender (ours) is gone; wake the reader too.
+        self.shared.alive.store(false, Ordering::Release);
+        self.shared.closed.notify_waiters();
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut mac: DirectionMac,
+    mut rx: mpsc::Receiver<Outgoing>,
+    payload_mac: bool,
+    shared: Arc<Shared>,
+) {
+    let mut batch: Vec<Outgoing> = Vec::with_capacity(WRITE_BATCH);
+    let mut failure = None;
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        let mut prefixes = Vec::with_capacity(batch.len());
+        let mut trailers = Vec::with_capacity(batch.len());
+        for o in &mut batch {
+            let len: u64 = o.payload.iter().map(|b| b.len() as u64).sum();
+            o.header.length = len;
+            o.header.meta_len = o.meta.len() as u32;
+            o.header.flags = Flags(if payload_mac && len > 0 { Flags::PAYLOAD_MAC } else { 0 });
+            let (raw, m) = mac.seal(&mut o.header, &o.meta);
+            prefixes.push(frame_prefix(&raw, &o.meta, &m));
+            trailers.push((payload_mac && len > 0).then(|| {
+                let mut p = mac.payload_mac(&m);
+                for b in &o.payload {
+                    p.update(b);
+                }
+                p.finish()
+            }));
+        }
+        let mut slices = Vec::with_capacity(batch.len() * 3);
+        for ((p, o), t) in prefixes.iter().zip(&batch).zip(&trailers) {
+            slices.push(IoSlice::new(p));
+            slices.extend(o.payload.iter().map(|b| IoSlice::new(b)));
+            if let Some(t) = t {
+                slices.push(IoSlice::new(t));
+            }
+        }
+        if let Err(e) = write_all_vectored(&mut wr, &mut slices).await {
+            failure = Some(format!("write failed: {e}"));
+            break;
+        }
+        drop(slices);
+        batch.clear();
+    }
+    let _ = wr.shutdown().await;
+    shared.fail_all(failure.as_deref().unwrap_or("session closed"));
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut rd: FrameReader<R>,
+    mut mac: DirectionMac,
+    payload_mac: bool,
+    shared: Arc<Shared>,
+) {
+    let reason = loop {
+        let head = tokio::select! {
+            h = rd.read_head() => h,
+            _ = shared.closed.notified() => break "session closed".to_string(),
+        };
+        let f = match head {
+            Ok(f) => f,
+            Err(FrameError::Closed) => break "node closed the connection".to_string(),
+            Err(e) => break format!("connection lost: {e}"),
+        };
+        if let Err(e) = mac.open(&f.raw, &f.header, &f.meta, &f.mac) {
+            break format!("answer failed authentication ({e}); closing the session");
+        }
+        let h = f.header;
+        let with_trailer = payload_mac && h.length > 0;
+        if !h.is_response() || h.flags.has(Flags::PAYLOAD_MAC) != with_trailer {
+            break "node sent a frame that is not a valid answer".to_string();
+        }
+        let payload = match rd.read_bytes(h.length).await {
+            Ok(p) => p,
+            Err(e) => break format!("connection lost while reading an answer: {e}"),
+        };
+        if with_trailer {
+            let mut tag = [0u8; MAC_LEN];
+            if let Err(e) = rd.read_into(&mut tag).await {
+                break format!("connection lost while reading an answer: {e}");
+            }
+            let mut p = mac.payload_mac(&f.mac);
+            p.update(&payload);
+            if p.verify(&tag).is_err() {
+                break "answer payload failed its MAC: altered in transit; closing the session".to_string();
+            }
+        }
+        if h.request_id == 0 {
+            // A connection-level error from the node (e.g. it could not parse our frame).
+            break format!("node closed the session: {} {}", h.status(), String::from_utf8_lossy(&f.meta));
+        }
+        let waiter = shared.pending.lock().remove(&h.request_id);
+        if let Some(w) = waiter {
+            let _ = w.send(Ok(Incoming { header: h, meta: f.meta, payload }));
+        }
+    };
+    shared.fail_all(&reason);
+}

@@ -1,0 +1,607 @@
+//! One client connection on the node: handshake, then a read loop that executes requests in
+//! order and a write task that seals and sends answers, many frames per `writev`.
+//!
+//! Owns: per-connection protocol state (session keys, sequence numbers) and the decision of what
+//! a bad frame costs — an op-level error (unknown key, bad range, no space) is answered and the
+//! connection goes on; an authentication or framing error is answered, counted and the connection
+//! is closed, because the stream can no longer be trusted. Nothing here can stop the node or touch
+//! another connection.
+//!
+//! Payload bytes of a PUT go from the socket straight into their arena slot; GET answers are sent
+//! straight from the pinned object. The index lock is never held across a socket operation.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::Ctx;
+use super::metrics::AuthFailure;
+use super::store::{Object, PartWrite, Store};
+use crate::auth::{
+    self, AuthError, DirectionMac, FEATURE_PAYLOAD_MAC, Hello, PayloadMac, Role, SessionKeys, hello_request_mac,
+    hello_response_mac, macs_equal,
+};
+use crate::transport::tcp::{FrameError, FrameHead, FrameReader, frame_prefix, write_all_vectored};
+use crate::wire::{
+    self, ABSENT, BatchGetAnswer, BatchPutEntry, Flags, Header, MAC_LEN, MAX_BATCH_PAYLOAD, Op, Status, WireError,
+};
+
+/// Answers queued between the read loop and the write task.
+const REPLY_QUEUE: usize = 256;
+/// Most answers sealed into one `writev`.
+const WRITE_BATCH: usize = 64;
+
+/// What an answer carries after its meta.
+enum Body {
+    Empty,
+    Object(Arc<Object>, Range<usize>),
+    Objects(Vec<(Arc<Object>, Range<usize>)>),
+    Owned(Vec<u8>),
+}
+
+impl Body {
+    fn len(&self) -> u64 {
+        match self {
+            Self::Empty => 0,
+            Self::Object(_, r) => r.len() as u64,
+            Self::Objects(v) => v.iter().map(|(_, r)| r.len() as u64).sum(),
+            Self::Owned(v) => v.len() as u64,
+        }
+    }
+
+    fn slices(&self) -> Vec<&[u8]> {
+        match self {
+            Self::Empty => Vec::new(),
+            Self::Object(o, r) => vec![&o.bytes()[r.clone()]],
+            Self::Objects(v) => v.iter().map(|(o, r)| &o.bytes()[r.clone()]).collect(),
+            Self::Owned(v) => vec![v.as_slice()],
+        }
+    }
+}
+
+struct Reply {
+    header: Header,
+    meta: Vec<u8>,
+    body: Body,
+}
+
+impl Reply {
+    fn new(req: &Header, status: Status) -> Self {
+        Self { header: Header::response_to(req, status), meta: Vec::new(), body: Body::Empty }
+    }
+
+    fn error(req: &Header, status: Status, message: impl Into<String>) -> Self {
+        Self { header: Header::response_to(req, status), meta: message.into().into_bytes(), body: Body::Empty }
+    }
+}
+
+/// Serves one accepted connection until the peer leaves, a fatal error, or shutdown.
+pub(crate) async fn serve<S>(stream: S, peer: SocketAddr, ctx: Arc<Ctx>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (rd, mut wr) = tokio::io::split(stream);
+    let mut rd = FrameReader::new(rd, ctx.limits);
+    let Some((keys, payload_mac)) = handshake(&mut rd, &mut wr, &ctx, peer).await else {
+        let _ = wr.shutdown().await;
+        return;
+    };
+    let (tx, rx) = mpsc::channel(REPLY_QUEUE);
+    let writer = tokio::spawn(write_loop(wr, keys.send, rx, payload_mac, Arc::clone(&ctx)));
+    let mut conn = Conn { rd, recv: keys.recv, tx, ctx, peer, payload_mac };
+    conn.read_loop().await;
+    drop(conn);
+    let _ = writer.await;
+}
+
+/// Answers a handshake failure (MAC'd with the cluster key) and logs it.
+async fn refuse<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    ctx: &Ctx,
+    req: &Header,
+    nonce: &[u8; 32],
+    status: Status,
+    msg: String,
+    peer: SocketAddr,
+) {
+    tracing::warn!(%peer, status = status.name(), reason = %msg, "handshake refused");
+    let mut h = Header::response_to(req, status);
+    h.meta_len = msg.len() as u32;
+    let raw = h.encode();
+    let mac = hello_response_mac(&ctx.key, &raw, msg.as_bytes(), nonce);
+    let _ = wr.write_all(&frame_prefix(&raw, msg.as_bytes(), &mac)).await;
+}
+
+async fn handshake<R, W>(
+    rd: &mut FrameReader<R>,
+    wr: &mut W,
+    ctx: &Ctx,
+    peer: SocketAddr,
+) -> Option<(SessionKeys, bool)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let f = match rd.read_head().await {
+        Ok(f) => f,
+        Err(FrameError::Wire(WireError::UnsupportedVersion { got, ours })) => {
+            ctx.stats.invalid_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.stats.error(Status::UnsupportedVersion);
+            let req = Header::request(Op::Hello, 0);
+            let msg = format!(
+                "client speaks protocol version {got}, this node speaks up to version {ours}; upgrade the node or use a client of version {ours}"
+            );
+            refuse(wr, ctx, &req, &[0; 32], Status::UnsupportedVersion, msg, peer).await;
+            return None;
+        }
+        Err(e) => {
+            ctx.stats.invalid_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(%peer, error = %e, "connection dropped before a valid handshake");
+            return None;
+        }
+    };
+    let h = f.header;
+    if h.op() != Some(Op::Hello) || h.is_response() {
+        ctx.stats.invalid_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let msg = "the first frame of a connection must be HELLO (is this a MemKV client?)".to_string();
+        refuse(wr, ctx, &h, &[0; 32], Status::InvalidRequest, msg, peer).await;
+        return None;
+    }
+    let expected = hello_request_mac(&ctx.key, &f.raw, &f.meta);
+    let hello = Hello::decode(&f.meta);
+    let nonce = hello.as_ref().map(|(hl, _)| hl.nonce).unwrap_or([0; 32]);
+    if !macs_equal(&expected, &f.mac) {
+        ctx.stats.auth_failure(AuthFailure::BadMac);
+        ctx.stats.error(Status::BadMac);
+        refuse(wr, ctx, &h, &nonce, Status::BadMac, AuthError::BadMac.to_string(), peer).await;
+        return None;
+    }
+    let checked = hello.and_then(|(hello, _)| {
+        auth::check_drift(hello.unix_ms, auth::unix_ms(SystemTime::now()), ctx.max_drift)?;
+        ctx.nonces.lock().check_and_insert(hello.nonce, Instant::now())?;
+        Ok(hello)
+    });
+    let hello = match checked {
+        Ok(hl) => hl,
+        Err(e) => {
+            match e {
+                AuthError::ClockDrift { .. } => ctx.stats.auth_failure(AuthFailure::ClockDrift),
+                AuthError::ReplayedHello => ctx.stats.auth_failure(AuthFailure::Replay),
+                _ => {}
+            }
+            ctx.stats.error(e.status());
+            refuse(wr, ctx, &h, &nonce, e.status(), e.to_string(), peer).await;
+            return None;
+        }
+    };
+    let payload_mac = ctx.require_payload_mac || hello.features & FEATURE_PAYLOAD_MAC != 0;
+    let node_nonce = match auth::random_bytes() {
+        Ok(n) => n,
+        Err(e) => {
+            refuse(wr, ctx, &h, &nonce, Status::ServerError, e.to_string(), peer).await;
+            return None;
+        }
+    };
+    let ours = Hello {
+        nonce: node_nonce,
+        unix_ms: auth::unix_ms(SystemTime::now()),
+        features: if payload_mac { FEATURE_PAYLOAD_MAC } else { 0 },
+    };
+    let meta = ours.encode(ctx.node_id.as_bytes());
+    let mut resp = Header::response_to(&h, Status::Ok);
+    resp.meta_len = meta.len() as u32;
+    let raw = resp.encode();
+    let mac = hello_response_mac(&ctx.key, &raw, &meta, &hello.nonce);
+    if wr.write_all(&frame_prefix(&raw, &meta, &mac)).await.is_err() {
+        return None;
+    }
+    ctx.stats.request(Op::Hello);
+    tracing::debug!(%peer, payload_mac, "session established");
+    Some((SessionKeys::derive(&ctx.key, &hello.nonce, &node_nonce, Role::Node), payload_mac))
+}
+
+struct Conn<R> {
+    rd: FrameReader<R>,
+    recv: DirectionMac,
+    tx: mpsc::Sender<Reply>,
+    ctx: Arc<Ctx>,
+    peer: SocketAddr,
+    payload_mac: bool,
+}
+
+/// A received PUT entry whose bytes are in memory, waiting for the payload MAC (if any) before
+/// it becomes visible.
+enum Received {
+    Whole(Box<[u8]>, super::arena::SlotMut, u32),
+    Part(PartWrite, bool),
+}
+
+/// Outcome of one PUT entry.
+struct EntryOutcome {
+    status: Status,
+    message: String,
+}
+
+impl<R: AsyncRead + Unpin> Conn<R> {
+    async fn send(&self, r: Reply) -> bool {
+        if r.header.status != 0 {
+            self.ctx.stats.error(r.header.status());
+        }
+        self.tx.send(r).await.is_ok()
+    }
+
+    async fn read_loop(&mut self) {
+        let mut shutdown = self.ctx.shutdown.clone();
+        loop {
+            let next = tokio::select! {
+                f = self.rd.read_head() => f,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            let f = match next {
+                Ok(f) => f,
+                Err(FrameError::Closed) => return,
+                Err(FrameError::Io(e)) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "connection lost");
+                    return;
+                }
+                Err(FrameError::Wire(e)) => {
+                    // The stream cannot be trusted past a bad header: answer, count, close.
+                    self.ctx.stats.invalid_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(peer = %self.peer, error = %e, "invalid frame; closing connection");
+                    let req = Header::request(Op::Hello, 0);
+                    self.send(Reply::error(&req, e.status(), e.to_string())).await;
+                    return;
+                }
+            };
+            if let Err(e) = self.recv.open(&f.raw, &f.header, &f.meta, &f.mac) {
+                let why = if matches!(e, AuthError::Replay { .. }) { AuthFailure::Replay } else { AuthFailure::BadMac };
+                self.ctx.stats.auth_failure(why);
+                tracing::warn!(peer = %self.peer, error = %e, "frame failed authentication; closing connection");
+                self.send(Reply::error(&f.header, e.status(), e.to_string())).await;
+                return;
+            }
+            if !self.dispatch(f).await {
+                return;
+            }
+        }
+    }
+
+    /// Executes one authenticated request. False when the connection must close.
+    async fn dispatch(&mut self, f: FrameHead) -> bool {
+        let h = f.header;
+        let with_trailer = h.length > 0 && self.payload_mac;
+        if h.is_response() || h.flags.has(Flags::PAYLOAD_MAC) != with_trailer {
+            let msg = if h.is_response() {
+                "a client sent a response frame"
+            } else {
+                "payload MAC flag does not match the session's negotiation"
+            };
+            self.send(Reply::error(&h, Status::InvalidRequest, msg)).await;
+            return false;
+        }
+        let Some(op) = h.op() else {
+            let ok = self.skip_payload(&h).await;
+            let msg = format!("unknown op {:#04x}; this node speaks protocol version {}", h.op, wire::VERSION);
+            return self.send(Reply::error(&h, Status::InvalidRequest, msg)).await && ok;
+        };
+        self.ctx.stats.request(op);
+        match op {
+            Op::Put => self.put(&h, &f).await,
+            Op::PutBatch => self.put_batch(&h, &f).await,
+            Op::Get => {
+                let ok = self.skip_payload(&h).await;
+                ok && self.send(self.get(&h, &f.meta)).await
+            }
+            Op::GetBatch => {
+                let ok = self.skip_payload(&h).await;
+                ok && self.send(self.get_batch(&h, &f.meta)).await
+            }
+            Op::Exists => {
+                let ok = self.skip_payload(&h).await;
+                ok && self.send(self.exists(&h, &f.meta)).await
+            }
+            Op::Delete => {
+                let ok = self.skip_payload(&h).await;
+                let r = match wire::check_key(&f.meta) {
+                    Err(e) => Reply::error(&h, e.status(), e.to_string()),
+                    Ok(()) if self.ctx.store.delete(&f.meta) => Reply::new(&h, Status::Ok),
+                    Ok(()) => Reply::new(&h, Status::NotFound),
+                };
+                ok && self.send(r).await
+            }
+            Op::NodeInfo => {
+                let ok = self.skip_payload(&h).await;
+                let body = serde_json::to_vec(&self.ctx.status()).unwrap_or_default();
+                let mut r = Reply::new(&h, Status::Ok);
+                r.header.crc = crc32c::crc32c(&body);
+                r.body = Body::Owned(body);
+                ok && self.send(r).await
+            }
+            Op::Hello => {
+                self.send(Reply::error(&h, Status::InvalidRequest, "HELLO inside an established session")).await;
+                false
+            }
+        }
+    }
+
+    /// Skips a payload (and its MAC trailer) that a request should not carry or that is refused.
+    async fn skip_payload(&mut self, h: &Header) -> bool {
+        let n = h.length + if h.length > 0 && self.payload_mac { MAC_LEN as u64 } else { 0 };
+        n == 0 || self.rd.skip(n).await.is_ok()
+    }
+
+    fn get(&self, h: &Header, key: &[u8]) -> Reply {
+        if let Err(e) = wire::check_key(key) {
+            return Reply::error(h, e.status(), e.to_string());
+        }
+        let Some(obj) = self.ctx.store.get(key) else { return Reply::new(h, Status::NotFound) };
+        // A GET request carries no payload; the wanted length travels in `total` (0 = to the end).
+        let range = match object_range(&obj, h.offset, h.total) {
+            Ok(r) => r,
+            Err(msg) => return Reply::error(h, Status::InvalidRequest, msg),
+        };
+        let mut r = Reply::new(h, Status::Ok);
+        r.header.offset = h.offset;
+        r.header.total = obj.len();
+        r.header.crc =
+            if range.len() as u64 == obj.len() { obj.crc() } else { crc32c::crc32c(&obj.bytes()[range.clone()]) };
+        r.body = Body::Object(obj, range);
+        r
+    }
+
+    fn get_batch(&self, h: &Header, meta: &[u8]) -> Reply {
+        let entries = match wire::decode_get_entries(meta, h.count) {
+            Ok(e) => e,
+            Err(e) => return Reply::error(h, e.status(), e.to_string()),
+        };
+        let mut answers = Vec::with_capacity(entries.len());
+        let mut parts = Vec::new();
+        let mut budget = MAX_BATCH_PAYLOAD;
+        for e in &entries {
+            let none = |status| BatchGetAnswer { status, length: 0, total: 0, crc: 0 };
+            let Some(obj) = self.ctx.store.get(e.key) else {
+                answers.push(none(Status::NotFound));
+                continue;
+            };
+            let Ok(range) = object_range(&obj, e.offset, e.length) else {
+                answers.push(BatchGetAnswer { total: obj.len(), ..none(Status::InvalidRequest) });
+                continue;
+            };
+            let len = range.len() as u64;
+            if len > budget {
+                answers.push(BatchGetAnswer { total: obj.len(), ..none(Status::PayloadTooLarge) });
+                continue;
+            }
+            budget -= len;
+            let crc = if len == obj.len() { obj.crc() } else { crc32c::crc32c(&obj.bytes()[range.clone()]) };
+            answers.push(BatchGetAnswer { status: Status::Ok, length: len, total: obj.len(), crc });
+            parts.push((obj, range));
+        }
+        let mut r = Reply::new(h, Status::Ok);
+        r.header.count = answers.len() as u32;
+        wire::encode_get_answers(&answers, &mut r.meta);
+        r.body = Body::Objects(parts);
+        r
+    }
+
+    fn exists(&self, h: &Header, meta: &[u8]) -> Reply {
+        let keys = match wire::decode_keys(meta, h.count) {
+            Ok(k) => k,
+            Err(e) => return Reply::error(h, e.status(), e.to_string()),
+        };
+        let sizes = self.ctx.store.sizes(keys.iter().copied());
+        let mut r = Reply::new(h, Status::Ok);
+        r.header.count = sizes.len() as u32;
+        wire::encode_exists_answer(sizes.into_iter().map(|s| s.unwrap_or(ABSENT)), &mut r.meta);
+        r
+    }
+
+    async fn put(&mut self, h: &Header, f: &FrameHead) -> bool {
+        let entry = BatchPutEntry { key: &f.meta, offset: h.offset, length: h.length, total: h.total, crc: h.crc };
+        let Some(mut outcomes) = self.receive_entries(h, &f.mac, &[entry]).await else { return false };
+        let o = outcomes.pop().unwrap_or(EntryOutcome { status: Status::ServerError, message: String::new() });
+        self.send(Reply::error(h, o.status, o.message)).await
+    }
+
+    async fn put_batch(&mut self, h: &Header, f: &FrameHead) -> bool {
+        let entries = match wire::decode_put_entries(&f.meta, h.count, h.length) {
+            Ok(e) => e,
+            Err(e) => {
+                let ok = self.skip_payload(h).await;
+                return self.send(Reply::error(h, e.status(), e.to_string())).await && ok;
+            }
+        };
+        let Some(outcomes) = self.receive_entries(h, &f.mac, &entries).await else { return false };
+        let mut r = Reply::new(h, Status::Ok);
+        r.header.count = outcomes.len() as u32;
+        wire::encode_statuses(outcomes.iter().map(|o| o.status), &mut r.meta);
+        self.send(r).await
+    }
+
+    /// Receives the payload of a PUT or PUT_BATCH entry by entry, each straight into its arena
+    /// range; verifies CRCs (and the payload MAC); then makes the good entries visible.
+    /// `None` when the connection must close.
+    async fn receive_entries(
+        &mut self,
+        h: &Header,
+        header_mac: &[u8; MAC_LEN],
+        entries: &[BatchPutEntry<'_>],
+    ) -> Option<Vec<EntryOutcome>> {
+        let ctx = Arc::clone(&self.ctx);
+        let store: &Store = &ctx.store;
+        let mut pmac: Option<PayloadMac> = self.payload_mac.then(|| self.recv.payload_mac(header_mac));
+        let mut received = Vec::with_capacity(entries.len());
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut io_failed = false;
+        for e in entries {
+            let refused = |status: Status, message: String| EntryOutcome { status, message };
+            let prepared: Result<Received, EntryOutcome> = match wire::check_key(e.key) {
+                Err(err) => Err(refused(err.status(), err.to_string())),
+                Ok(()) if e.offset == 0 && e.length == e.total => store
+                    .reserve(e.total)
+                    .map(|s| Received::Whole(e.key.into(), s, 0))
+                    .map_err(|err| refused(err.status(), err.to_string())),
+                Ok(()) => store
+                    .begin_part(e.key, e.offset, e.length, e.total)
+                    .map(|w| Received::Part(w, false))
+                    .map_err(|err| refused(err.status(), err.to_string())),
+            };
+            let mut item = match prepared {
+                Ok(item) => item,
+                Err(outcome) => {
+                    outcomes.push(outcome);
+                    if self.skip_entry(e.length, pmac.as_mut()).await.is_err() {
+                        io_failed = true;
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let buf = match &mut item {
+                Received::Whole(_, s, _) => s.bytes_mut(),
+                Received::Part(w, _) => w.bytes_mut(),
+            };
+            if self.rd.read_into(buf).await.is_err() {
+                io_failed = true;
+                if let Received::Part(w, _) = item {
+                    store.finish_part(w, false);
+                }
+                break;
+            }
+            if let Some(p) = pmac.as_mut() {
+                p.update(buf);
+            }
+            let crc_ok = crc32c::crc32c(buf) == e.crc;
+            self.ctx.stats.add_in(e.length);
+            match &mut item {
+                Received::Whole(_, _, crc) => *crc = e.crc,
+                Received::Part(_, ok) => *ok = crc_ok,
+            }
+            if crc_ok {
+                outcomes.push(EntryOutcome { status: Status::Ok, message: String::new() });
+                received.push(item);
+            } else {
+                outcomes.push(refused(Status::ChecksumMismatch, format!("payload CRC32C mismatch (expected {:#010x}); the bytes were damaged in transit and were not stored", e.crc)));
+                if let Received::Part(w, _) = item {
+                    store.finish_part(w, false);
+                }
+            }
+        }
+        let mut mac_ok = true;
+        if let Some(p) = pmac {
+            let mut tag = [0u8; MAC_LEN];
+            if io_failed || self.rd.read_into(&mut tag).await.is_err() {
+                io_failed = true;
+            }
+            mac_ok = !io_failed && p.verify(&tag).is_ok();
+        }
+        let commit = !io_failed && mac_ok;
+        for item in received {
+            match item {
+                Received::Whole(key, slot, crc) if commit => store.commit(key, slot, crc),
+                Received::Whole(..) => {}
+                Received::Part(w, ok) => {
+                    store.finish_part(w, ok && commit);
+                }
+            }
+        }
+        if io_failed {
+            return None;
+        }
+        if !mac_ok {
+            self.ctx.stats.auth_failure(AuthFailure::BadMac);
+            tracing::warn!(peer = %self.peer, "payload MAC mismatch; nothing from this frame was stored; closing connection");
+            self.send(Reply::error(
+                h,
+                Status::BadMac,
+                "payload MAC mismatch: the payload was altered in transit; nothing was stored",
+            ))
+            .await;
+            return None;
+        }
+        Some(outcomes)
+    }
+
+    async fn skip_entry(&mut self, len: u64, pmac: Option<&mut PayloadMac>) -> std::io::Result<()> {
+        let Some(p) = pmac else { return self.rd.skip(len).await };
+        // The payload MAC covers skipped bytes too, so they must be read rather than discarded.
+        let mut buf = vec![0u8; len.min(64 * 1024) as usize];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            self.rd.read_into(&mut buf[..n]).await?;
+            p.update(&buf[..n]);
+            left -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// The byte range `[offset, offset + length)` of `obj`; `length` 0 means "to the end".
+fn object_range(obj: &Object, offset: u64, length: u64) -> Result<Range<usize>, String> {
+    let size = obj.len();
+    let end = if length == 0 { Some(size) } else { offset.checked_add(length) };
+    match end {
+        Some(end) if offset <= size && end <= size => Ok(offset as usize..end as usize),
+        _ => Err(format!("range offset {offset} length {length} lies outside the object of {size} bytes")),
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut mac: DirectionMac,
+    mut rx: mpsc::Receiver<Reply>,
+    payload_mac: bool,
+    ctx: Arc<Ctx>,
+) {
+    let mut batch: Vec<Reply> = Vec::with_capacity(WRITE_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut prefixes = Vec::with_capacity(batch.len());
+        let mut trailers = Vec::with_capacity(batch.len());
+        let mut out_bytes = 0;
+        for r in &mut batch {
+            let len = r.body.len();
+            out_bytes += len;
+            r.header.length = len;
+            r.header.meta_len = r.meta.len() as u32;
+            r.header.flags = Flags(if payload_mac && len > 0 { Flags::PAYLOAD_MAC } else { 0 });
+            let (raw, m) = mac.seal(&mut r.header, &r.meta);
+            prefixes.push(frame_prefix(&raw, &r.meta, &m));
+            trailers.push((payload_mac && len > 0).then(|| {
+                let mut p = mac.payload_mac(&m);
+                for s in r.body.slices() {
+                    p.update(s);
+                }
+                p.finish()
+            }));
+        }
+        let bodies: Vec<Vec<&[u8]>> = batch.iter().map(|r| r.body.slices()).collect();
+        let mut slices = Vec::with_capacity(batch.len() * 3);
+        for ((p, b), t) in prefixes.iter().zip(&bodies).zip(&trailers) {
+            slices.push(std::io::IoSlice::new(p));
+            slices.extend(b.iter().map(|s| std::io::IoSlice::new(s)));
+            if let Some(t) = t {
+                slices.push(std::io::IoSlice::new(t));
+            }
+        }
+        if write_all_vectored(&mut wr, &mut slices).await.is_err() {
+            break;
+        }
+        ctx.stats.add_out(out_bytes);
+        drop(slices);
+        drop(bodies);
+        batch.clear();
+    }
+    let _ = wr.shutdown().await;
+}

@@ -1,0 +1,190 @@
+//! TCP framing edge: reads whole frame heads from a buffered stream, payloads straight into the
+//! caller's buffer, and writes frames with vectored writes (one `writev` for many headers and
+//! payloads).
+//!
+//! Never interprets ops: decoding is `wire`'s job, authentication is `auth`'s. Every length is
+//! bounded by [`Limits`] inside `Header::decode` before any buffer is sized from it.
+
+use std::io::{self, IoSlice};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+use crate::wire::{HEADER_LEN, Header, Limits, MAC_LEN, WireError};
+
+/// Read buffer: large enough to batch many small frames per syscall, small enough that a large
+/// payload goes mostly straight from the socket into its destination.
+const READ_BUF: usize = 64 * 1024;
+/// Linux `IOV_MAX`: the most slices one `writev` takes.
+const IOV_MAX: usize = 1024;
+
+/// A frame head: header, meta section and header MAC. The payload is still on the stream.
+#[derive(Debug)]
+pub(crate) struct FrameHead {
+    /// The header exactly as received (the MAC covers these bytes).
+    pub(crate) raw: [u8; HEADER_LEN],
+    /// Decoded, bounds-checked header.
+    pub(crate) header: Header,
+    /// Meta section (key or batch descriptors).
+    pub(crate) meta: Vec<u8>,
+    /// Header MAC.
+    pub(crate) mac: [u8; MAC_LEN],
+}
+
+/// Why reading a frame failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FrameError {
+    /// The peer closed the connection between frames.
+    #[error("connection closed by peer")]
+    Closed,
+    /// Socket error, or the peer closed mid-frame.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The header is invalid.
+    #[error("{0}")]
+    Wire(#[from] WireError),
+}
+
+/// Reads frames from one direction of a connection.
+pub(crate) struct FrameReader<R> {
+    inner: BufReader<R>,
+    limits: Limits,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub(crate) fn new(r: R, limits: Limits) -> Self {
+        Self { inner: BufReader::with_capacity(READ_BUF, r), limits }
+    }
+
+    /// Reads the next frame head. A clean close before the first byte is [`FrameError::Closed`].
+    pub(crate) async fn read_head(&mut self) -> Result<FrameHead, FrameError> {
+        let mut raw = [0u8; HEADER_LEN];
+        let n = self.inner.read(&mut raw).await?;
+        if n == 0 {
+            return Err(FrameError::Closed);
+        }
+        self.inner.read_exact(&mut raw[n..]).await?;
+        let header = Header::decode(&raw, &self.limits)?;
+        let mut meta = vec![0u8; header.meta_len as usize];
+        self.inner.read_exact(&mut meta).await?;
+        let mut mac = [0u8; MAC_LEN];
+        self.inner.read_exact(&mut mac).await?;
+        Ok(FrameHead { raw, header, meta, mac })
+    }
+
+    /// Reads exactly `dst.len()` payload bytes into `dst`: what the read buffer already holds is
+    /// copied, the rest is read from the socket directly into `dst`.
+    pub(crate) async fn read_into(&mut self, dst: &mut [u8]) -> io::Result<()> {
+        self.inner.read_exact(dst).await.map(|_| ())
+    }
+
+    /// Reads a `len`-byte payload into a fresh buffer of exactly that size, without zeroing it
+    /// first (one allocation, one copy out of the socket).
+    pub(crate) async fn read_bytes(&mut self, len: u64) -> io::Result<bytes::Bytes> {
+        use bytes::BufMut;
+        let len = usize::try_from(len).map_err(|_| io::Error::other("payload does not fit in memory"))?;
+        let mut buf = bytes::BytesMut::with_capacity(len);
+        while buf.len() < len {
+            let want = len - buf.len();
+            if self.inner.read_buf(&mut (&mut buf).limit(want)).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(buf.freeze())
+    }
+
+    /// Discards `n` payload bytes (a refused request's payload), keeping the stream in sync.
+    pub(crate) async fn skip(&mut self, n: u64) -> io::Result<()> {
+        let copied = tokio::io::copy(&mut (&mut self.inner).take(n), &mut tokio::io::sink()).await?;
+        if copied == n { Ok(()) } else { Err(io::ErrorKind::UnexpectedEof.into()) }
+    }
+}
+
+/// Writes all of `bufs`, at most `IOV_MAX` slices per `writev`, resuming after partial writes.
+pub(crate) async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut bufs: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let end = bufs.len().min(IOV_MAX);
+        let n = w.write_vectored(&bufs[..end]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+/// Header, meta and MAC of one outgoing frame, contiguous (the first slice of its `writev`).
+pub(crate) fn frame_prefix(raw: &[u8; HEADER_LEN], meta: &[u8], mac: &[u8; MAC_LEN]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(HEADER_LEN + meta.len() + MAC_LEN);
+    p.extend_from_slice(raw);
+    p.extend_from_slice(meta);
+    p.extend_from_slice(mac);
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Op;
+
+    #[tokio::test]
+    async fn frames_written_vectored_read_back_with_payload_in_place() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let mut h = Header::request(Op::Put, 9);
+        h.meta_len = 3;
+        h.length = 5;
+        let prefix = frame_prefix(&h.encode(), b"key", &[7u8; MAC_LEN]);
+        let writer = tokio::spawn(async move {
+            let mut a = a;
+            let mut slices = [IoSlice::new(&prefix), IoSlice::new(b"he"), IoSlice::new(b"llo")];
+            write_all_vectored(&mut a, &mut slices).await.unwrap();
+        });
+        let mut r = FrameReader::new(b, Limits::default());
+        let head = r.read_head().await.unwrap();
+        assert_eq!(head.header, h);
+        assert_eq!(head.meta, b"key");
+        assert_eq!(head.mac, [7u8; MAC_LEN]);
+        let mut dst = [0u8; 5];
+        r.read_into(&mut dst).await.unwrap();
+        assert_eq!(&dst, b"hello");
+        writer.await.unwrap();
+        assert!(matches!(r.read_head().await, Err(FrameError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn truncated_frame_is_an_io_error_not_a_clean_close() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        a.write_all(&Header::request(Op::Get, 1).encode()[..20]).await.unwrap();
+        drop(a);
+        let mut r = FrameReader::new(b, Limits::default());
+        assert!(matches!(r.read_head().await, Err(FrameError::Io(_))));
+    }
+
+    #[tokio::test]
+    async fn huge_meta_length_is_refused_without_allocating_it() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut h = Header::request(Op::Get, 1);
+        h.meta_len = u32::MAX;
+        a.write_all(&h.encode()).await.unwrap();
+        let mut r = FrameReader::new(b, Limits::default());
+        assert!(matches!(r.read_head().await, Err(FrameError::Wire(WireError::MetaTooLarge { .. }))));
+    }
+
+    #[tokio::test]
+    async fn skip_discards_exactly_the_payload() {
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        a.write_all(&[1u8; 1000]).await.unwrap();
+        a.write_all(b"next").await.unwrap();
+        drop(a);
+        let mut r = FrameReader::new(b, Limits::default());
+        r.skip(1000).await.unwrap();
+        assert_eq!(&r.read_bytes(2).await.unwrap()[..], b"ne");
+        let mut d = [0u8; 2];
+        r.read_into(&mut d).await.unwrap();
+        assert_eq!(&d, b"xt");
+        assert!(r.read_bytes(1).await.is_err(), "EOF inside a payload is an error");
+    }
+}
