@@ -16,7 +16,11 @@ pub enum LogFormat {
 /// Installs the global subscriber (stderr). Safe to call once per process.
 pub fn init(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_env("MEMKV_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

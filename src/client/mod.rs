@@ -15,6 +15,7 @@
 //! # let _ = sizes; Ok(()) }
 //! ```
 
+mod bufpool;
 mod routing;
 mod session;
 
@@ -33,9 +34,12 @@ use crate::wire::{
     self, ABSENT, BatchGetEntry, BatchPutEntry, Header, MAX_BATCH_ENTRIES, MAX_BATCH_PAYLOAD, MAX_KEY_LEN,
     MAX_META_LEN, Op, Status,
 };
+use bufpool::BufPool;
 use routing::Rendezvous;
 use session::{Incoming, Outgoing, Session, SessionError, SessionParams};
 
+/// Idle receive buffers a client keeps for reuse (see `bufpool`).
+const RECV_POOL_BYTES: usize = 256 << 20;
 /// First wait before reconnecting to a node that failed.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest wait between reconnect attempts.
@@ -179,6 +183,7 @@ struct Inner {
     placement: Rendezvous,
     cfg: ClientConfig,
     license: License,
+    pool: BufPool,
 }
 
 /// A handle on a MemKV cluster. Cheap to clone; all clones share sessions.
@@ -274,7 +279,8 @@ impl Client {
                 health: Mutex::new(Health { down_until: None, backoff: BACKOFF_MIN, reason: String::new() }),
             })
             .collect();
-        Ok(Self { inner: Arc::new(Inner { nodes, placement: Rendezvous::new(&names), cfg, license }) })
+        let pool = BufPool::new(RECV_POOL_BYTES);
+        Ok(Self { inner: Arc::new(Inner { nodes, placement: Rendezvous::new(&names), cfg, license, pool }) })
     }
 
     /// The configured servers, in order.
@@ -328,6 +334,7 @@ impl Client {
             key: &self.inner.cfg.auth_key,
             payload_mac: self.inner.cfg.payload_mac,
             connect_timeout: self.inner.cfg.connect_timeout,
+            pool: &self.inner.pool,
         };
         match Session::connect(&node.name, &params).await {
             Ok(s) => {

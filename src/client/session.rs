@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::bufpool::BufPool;
 use crate::auth::{self, AuthKey, DirectionMac, FEATURE_PAYLOAD_MAC, Hello, Role, SessionKeys};
 use crate::transport::tcp::{FrameError, FrameReader, frame_prefix, write_all_vectored};
 use crate::wire::{Flags, Header, Limits, MAC_LEN, MAX_META_LEN, Op, Status};
@@ -106,6 +107,7 @@ pub(crate) struct SessionParams<'a> {
     pub(crate) key: &'a AuthKey,
     pub(crate) payload_mac: bool,
     pub(crate) connect_timeout: Duration,
+    pub(crate) pool: &'a BufPool,
 }
 
 impl Session {
@@ -180,7 +182,7 @@ impl Session {
         });
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         tokio::spawn(write_loop(wr, keys.send, rx, payload_mac, Arc::clone(&shared)));
-        tokio::spawn(read_loop(rd, keys.recv, payload_mac, Arc::clone(&shared)));
+        tokio::spawn(read_loop(rd, keys.recv, payload_mac, Arc::clone(&shared), p.pool.clone()));
         Ok(Arc::new(Self { tx, shared, next_id: AtomicU64::new(1), node_id }))
     }
 
@@ -276,6 +278,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     mut mac: DirectionMac,
     payload_mac: bool,
     shared: Arc<Shared>,
+    pool: BufPool,
 ) {
     let reason = loop {
         let head = tokio::select! {
@@ -295,10 +298,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
         if !h.is_response() || h.flags.has(Flags::PAYLOAD_MAC) != with_trailer {
             break "node sent a frame that is not a valid answer".to_string();
         }
-        let payload = match rd.read_bytes(h.length).await {
-            Ok(p) => p,
-            Err(e) => break format!("connection lost while reading an answer: {e}"),
-        };
+        let mut buf = pool.take(h.length as usize);
+        if let Err(e) = rd.read_append(&mut buf, h.length).await {
+            break format!("connection lost while reading an answer: {e}");
+        }
+        let payload = pool.freeze(buf);
         if with_trailer {
             let mut tag = [0u8; MAC_LEN];
             if let Err(e) = rd.read_into(&mut tag).await {

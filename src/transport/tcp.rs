@@ -77,19 +77,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.inner.read_exact(dst).await.map(|_| ())
     }
 
-    /// Reads a `len`-byte payload into a fresh buffer of exactly that size, without zeroing it
-    /// first (one allocation, one copy out of the socket).
-    pub(crate) async fn read_bytes(&mut self, len: u64) -> io::Result<bytes::Bytes> {
+    /// Appends exactly `len` payload bytes to `buf` (reading into its spare capacity, so the
+    /// buffer is never zeroed first).
+    pub(crate) async fn read_append(&mut self, buf: &mut Vec<u8>, len: u64) -> io::Result<()> {
         use bytes::BufMut;
         let len = usize::try_from(len).map_err(|_| io::Error::other("payload does not fit in memory"))?;
-        let mut buf = bytes::BytesMut::with_capacity(len);
-        while buf.len() < len {
-            let want = len - buf.len();
-            if self.inner.read_buf(&mut (&mut buf).limit(want)).await? == 0 {
+        let end = buf.len() + len;
+        buf.reserve(len);
+        while buf.len() < end {
+            let want = end - buf.len();
+            if self.inner.read_buf(&mut buf.limit(want)).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
-        Ok(buf.freeze())
+        Ok(())
     }
 
     /// Discards `n` payload bytes (a refused request's payload), keeping the stream in sync.
@@ -181,10 +182,12 @@ mod tests {
         drop(a);
         let mut r = FrameReader::new(b, Limits::default());
         r.skip(1000).await.unwrap();
-        assert_eq!(&r.read_bytes(2).await.unwrap()[..], b"ne");
+        let mut v = Vec::new();
+        r.read_append(&mut v, 2).await.unwrap();
+        assert_eq!(v, b"ne");
         let mut d = [0u8; 2];
         r.read_into(&mut d).await.unwrap();
         assert_eq!(&d, b"xt");
-        assert!(r.read_bytes(1).await.is_err(), "EOF inside a payload is an error");
+        assert!(r.read_append(&mut v, 1).await.is_err(), "EOF inside a payload is an error");
     }
 }

@@ -72,7 +72,7 @@ fn write_secret(path: &str, text: &str) -> Result<()> {
 
 fn read_signing_key(path: &str) -> Result<SigningKey> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading signing key {path}"))?;
-    Ok(SigningKey::parse(&text).with_context(|| format!("signing key {path}"))?)
+    SigningKey::parse(&text).with_context(|| format!("signing key {path}"))
 }
 
 pub(crate) fn run(cmd: LicenseCmd) -> Result<ExitCode> {
