@@ -1,1 +1,86 @@
-fn main() {}
+//! Criterion micro-benchmarks of the per-request hot path: frame header encode/decode, the
+//! per-frame MAC (seal/open), CRC32C of typical block sizes, batch meta codecs and key routing.
+//!
+//! Run: `cargo bench --bench hot_path` (figures in docs/benchmarks.md).
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::time::{Duration, SystemTime};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use memkv::auth::{AuthKey, Role, SessionKeys};
+use memkv::config::{ClientConfig, Sources};
+use memkv::wire::{self, BatchGetEntry, Header, Limits, Op};
+
+fn frame_codec(c: &mut Criterion) {
+    let mut h = Header::request(Op::Get, 42);
+    h.meta_len = 24;
+    h.offset = 4096;
+    let raw = h.encode();
+    c.bench_function("header_encode", |b| b.iter(|| black_box(black_box(&h).encode())));
+    c.bench_function("header_decode", |b| b.iter(|| black_box(Header::decode(black_box(&raw), &Limits::default()))));
+}
+
+fn frame_mac(c: &mut Criterion) {
+    let key = AuthKey::generate().expect("key");
+    let mut client = SessionKeys::derive(&key, &[1; 32], &[2; 32], Role::Client);
+    let mut node = SessionKeys::derive(&key, &[1; 32], &[2; 32], Role::Node);
+    let meta = b"model-a/tp0/0000000000001234";
+    c.bench_function("frame_seal_and_open", |b| {
+        b.iter(|| {
+            let mut h = Header::request(Op::Get, 1);
+            h.meta_len = meta.len() as u32;
+            let (raw, mac) = client.send.seal(&mut h, meta);
+            node.recv.open(&raw, &h, meta, &mac).expect("authentic");
+        })
+    });
+}
+
+fn crc(c: &mut Criterion) {
+    let mut g = c.benchmark_group("crc32c");
+    for size in [4096usize, 64 << 10, 2 << 20] {
+        let data = vec![0xA5u8; size];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, d| b.iter(|| crc32c::crc32c(black_box(d))));
+    }
+    g.finish();
+}
+
+fn batch_meta(c: &mut Criterion) {
+    let keys: Vec<Vec<u8>> = (0..256).map(|i| format!("model-a/tp0/{i:016x}").into_bytes()).collect();
+    let entries: Vec<BatchGetEntry<'_>> = keys.iter().map(|k| BatchGetEntry { key: k, offset: 0, length: 0 }).collect();
+    let mut meta = Vec::new();
+    wire::encode_get_entries(&entries, &mut meta);
+    let mut g = c.benchmark_group("get_batch_meta_256");
+    g.throughput(Throughput::Elements(256));
+    g.bench_function("encode", |b| {
+        b.iter(|| {
+            let mut m = Vec::with_capacity(meta.len());
+            wire::encode_get_entries(black_box(&entries), &mut m);
+            m
+        })
+    });
+    g.bench_function("decode", |b| b.iter(|| wire::decode_get_entries(black_box(&meta), 256).expect("valid")));
+    g.finish();
+}
+
+fn routing(c: &mut Criterion) {
+    let signing = memkv::license::SigningKey::generate().expect("signing key");
+    let now = SystemTime::now();
+    let token = signing.issue("bench", now, now + Duration::from_secs(3600), 0, 0).expect("license");
+    let servers: Vec<String> = (1..=8).map(|i| format!("10.0.0.{i}:9900")).collect();
+    let mut explicit = BTreeMap::new();
+    explicit.insert("servers".to_string(), servers.join(","));
+    explicit.insert("auth_key".to_string(), AuthKey::generate().expect("key").to_hex());
+    explicit.insert("license".to_string(), token);
+    explicit.insert("license_pubkey".to_string(), signing.public_key().to_string());
+    let no_env = |_: &str| None;
+    let cfg = ClientConfig::resolve(&Sources { explicit: &explicit, env: &no_env }).expect("config");
+    let client = memkv::Client::new(cfg).expect("client");
+    c.bench_function("route_key_8_nodes", |b| {
+        b.iter(|| client.owner_of(black_box(b"model-a/tp0/0000000000001234")).expect("routable"))
+    });
+}
+
+criterion_group!(benches, frame_codec, frame_mac, crc, batch_meta, routing);
+criterion_main!(benches);

@@ -157,7 +157,7 @@ const P_TRANSPORT: Param = Param {
     env: "MEMKV_TRANSPORT",
     default: Some("auto"),
     range: "`tcp`, `rdma` or `auto` (case-insensitive)",
-    help: "Data transport; `auto` uses RDMA where available and TCP otherwise.",
+    help: "Data transport; `auto` uses RDMA where available and TCP otherwise (this build has TCP only: `auto` means TCP, `rdma` is refused).",
     role: Role::Client,
 };
 const P_NUM_CONNECTIONS: Param = Param {
@@ -253,7 +253,7 @@ const P_REQUIRE_PAYLOAD_MAC: Param = Param {
     env: "MEMKV_REQUIRE_PAYLOAD_MAC",
     default: Some("false"),
     range: "true/false, 1/0, yes/no, on/off",
-    help: "Refuse clients that do not MAC their payloads.",
+    help: "MAC every payload in every session, whether or not the client asked for it (the node turns it on at the handshake).",
     role: Role::Server,
 };
 const P_PARTIAL_TIMEOUT_MS: Param = Param {

@@ -223,7 +223,10 @@ impl PartialBuf {
     /// The caller must guarantee that no other view of an overlapping range (from this method or
     /// [`PartialBuf::bytes`]) is alive while the returned slice is. The store guarantees it by
     /// registering every in-flight range under its lock and refusing overlaps.
-    #[allow(clippy::mut_from_ref, reason = "disjoint views of one buffer; exclusivity is the caller's contract (# Safety)")]
+    #[allow(
+        clippy::mut_from_ref,
+        reason = "disjoint views of one buffer; exclusivity is the caller's contract (# Safety)"
+    )]
     pub(crate) unsafe fn range_mut(&self, off: u64, len: u64) -> &mut [u8] {
         assert!(off.checked_add(len).is_some_and(|end| end <= self.0.len), "range outside partial object");
         // SAFETY: in bounds (asserted above); exclusivity is the caller's contract.

@@ -32,6 +32,8 @@ use crate::wire::{
 
 /// Answers queued between the read loop and the write task.
 const REPLY_QUEUE: usize = 256;
+/// A connection that has not completed its HELLO by then is closed (it holds a task and a socket).
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most answers sealed into one `writev`.
 const WRITE_BATCH: usize = 64;
 
@@ -86,7 +88,12 @@ where
 {
     let (rd, mut wr) = tokio::io::split(stream);
     let mut rd = FrameReader::new(rd, ctx.limits);
-    let Some((keys, payload_mac)) = handshake(&mut rd, &mut wr, &ctx, peer).await else {
+    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut rd, &mut wr, &ctx, peer)).await;
+    let Ok(Some((keys, payload_mac))) = hello else {
+        if hello.is_err() {
+            ctx.stats.invalid_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(%peer, "no handshake within {HANDSHAKE_TIMEOUT:?}; closing");
+        }
         let _ = wr.shutdown().await;
         return;
     };
