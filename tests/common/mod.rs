@@ -32,9 +32,7 @@ impl Creds {
         let signing = SigningKey::generate().expect("signing key");
         let pubkey = signing.public_key().to_string();
         let now = SystemTime::now();
-        let token = signing
-            .issue("memkv-tests", now, now + Duration::from_secs(86_400), 0, 0)
-            .expect("issue license");
+        let token = signing.issue("memkv-tests", now, now + Duration::from_secs(86_400), 0, 0).expect("issue license");
         let license_path = dir.path().join("dev.license");
         std::fs::write(&license_path, format!("{token}\n")).expect("write license");
         Self { auth_key: AuthKey::generate().expect("key").to_hex(), license_path, pubkey, signing, dir }
