@@ -254,7 +254,7 @@ pub enum LicenseError {
 
     /// A node's capacity is larger than the license allows.
     #[error(
-        "node capacity {bytes} bytes exceeds the licensed {max} bytes (licensee {licensee:?}); lower the configured capacity, or ask your MemKV contact for a license with a larger capacity_bytes."
+        "node capacity {bytes} bytes exceeds the licensed {max} bytes (licensee {licensee:?}); lower the node's memory (--memory / MEMKV_MEMORY), or ask your MemKV contact for a license with a larger capacity_bytes."
     )]
     OverCapacity {
         /// Capacity requested (bytes).

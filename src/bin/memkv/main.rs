@@ -49,7 +49,16 @@ struct ConnArgs {
     /// tcp | rdma | auto [env: MEMKV_TRANSPORT]
     #[arg(long, global = true, value_name = "KIND")]
     transport: Option<String>,
-    /// Per-operation timeout [env: MEMKV_OP_TIMEOUT_MS]
+    /// Connections per node [env: MEMKV_NUM_CONNECTIONS] [default: 4]
+    #[arg(long, global = true, value_name = "N")]
+    num_connections: Option<String>,
+    /// Connect and handshake timeout [env: MEMKV_CONNECT_TIMEOUT_MS] [default: 2000]
+    #[arg(long, global = true, value_name = "MS")]
+    connect_timeout_ms: Option<String>,
+    /// MAC every payload too (untrusted networks) [env: MEMKV_PAYLOAD_MAC]
+    #[arg(long, global = true)]
+    payload_mac: bool,
+    /// Per-operation timeout [env: MEMKV_OP_TIMEOUT_MS] [default: 10000]
     #[arg(long, global = true, value_name = "MS")]
     op_timeout_ms: Option<String>,
     /// YAML or TOML config file [env: MEMKV_CONFIG]
@@ -70,6 +79,9 @@ impl ConnArgs {
             ("namespace", &self.namespace),
             ("transport", &self.transport),
             ("op_timeout_ms", &self.op_timeout_ms),
+            ("num_connections", &self.num_connections),
+            ("connect_timeout_ms", &self.connect_timeout_ms),
+            ("payload_mac", &self.payload_mac.then(|| "true".to_string())),
             ("config", &self.config),
         ]
         .into_iter()
