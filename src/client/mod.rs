@@ -75,6 +75,17 @@ pub enum ClientError {
         /// Time until the next reconnect attempt.
         retry_in_ms: u64,
     },
+    /// The node refused our handshake: a different cluster key, clock drift, or an older
+    /// protocol. Not a transient failure, so reads fail too instead of turning into misses.
+    #[error("node {node} refused the connection with {status}: {message}")]
+    Refused {
+        /// Node address.
+        node: String,
+        /// The node's status code.
+        status: Status,
+        /// The node's explanation.
+        message: String,
+    },
     /// The node did not answer within the op timeout.
     #[error("{op} on node {node} timed out after {after_ms} ms (MEMKV_OP_TIMEOUT_MS)")]
     Timeout {
@@ -135,6 +146,8 @@ struct Health {
     down_until: Option<Instant>,
     backoff: Duration,
     reason: String,
+    /// Set when the last failure was a refused handshake.
+    refused: Option<Status>,
 }
 
 struct Node {
@@ -146,12 +159,19 @@ struct Node {
 }
 
 impl Node {
-    fn mark_down(&self, reason: &str) {
+    /// Records a failure. Failures while the node is already marked down (the other requests
+    /// of a broken connection) do not extend the backoff: one outage, one step.
+    fn mark_down(&self, reason: &str, refused: Option<Status>) {
         let mut h = self.health.lock();
+        let now = Instant::now();
+        if h.down_until.is_some_and(|t| t > now) {
+            return;
+        }
         let was_up = h.down_until.is_none();
         h.backoff = if was_up { BACKOFF_MIN } else { (h.backoff * 2).min(BACKOFF_MAX) };
-        h.down_until = Some(Instant::now() + h.backoff);
+        h.down_until = Some(now + h.backoff);
         h.reason = reason.to_string();
+        h.refused = refused;
         if was_up {
             tracing::warn!(node = %self.name, reason, "node unavailable; reads become misses, writes fail until it is back");
         }
@@ -162,12 +182,18 @@ impl Node {
         if h.down_until.take().is_some() {
             tracing::info!(node = %self.name, "node reachable again");
         }
+        h.refused = None;
         h.backoff = BACKOFF_MIN;
     }
 
     fn check_down(&self) -> Result<(), ClientError> {
         let h = self.health.lock();
         match h.down_until {
+            Some(t) if t > Instant::now() && h.refused.is_some() => Err(ClientError::Refused {
+                node: self.name.clone(),
+                status: h.refused.unwrap_or(Status::ServerError),
+                message: h.reason.clone(),
+            }),
             Some(t) if t > Instant::now() => Err(ClientError::Unavailable {
                 node: self.name.clone(),
                 reason: h.reason.clone(),
@@ -276,7 +302,12 @@ impl Client {
                 name: name.clone(),
                 slots: (0..cfg.num_connections).map(|_| tokio::sync::Mutex::new(None)).collect(),
                 next_slot: AtomicUsize::new(0),
-                health: Mutex::new(Health { down_until: None, backoff: BACKOFF_MIN, reason: String::new() }),
+                health: Mutex::new(Health {
+                    down_until: None,
+                    backoff: BACKOFF_MIN,
+                    reason: String::new(),
+                    refused: None,
+                }),
             })
             .collect();
         let pool = BufPool::new(RECV_POOL_BYTES);
@@ -343,14 +374,17 @@ impl Client {
                 *slot = Some(Arc::clone(&s));
                 Ok(s)
             }
+            Err(SessionError::Refused { status, message }) => {
+                *slot = None;
+                // A refused handshake (wrong key, clock drift) will not heal by retrying fast.
+                tracing::error!(node = %node.name, status = status.name(), %message, "handshake refused");
+                node.mark_down(&message, Some(status));
+                Err(ClientError::Refused { node: node.name.clone(), status, message })
+            }
             Err(e) => {
                 *slot = None;
                 let reason = e.to_string();
-                if let SessionError::Refused { .. } = e {
-                    // A refused handshake (wrong key, clock drift) will not heal by retrying fast.
-                    tracing::error!(node = %node.name, %reason, "handshake refused");
-                }
-                node.mark_down(&reason);
+                node.mark_down(&reason, None);
                 Err(ClientError::Connection { node: node.name.clone(), reason })
             }
         }
@@ -367,6 +401,20 @@ impl Client {
     ) -> Result<Incoming, ClientError> {
         let node = &self.inner.nodes[idx];
         let session = self.session(node).await?;
+        // Refuse locally what the node would refuse only by closing the connection (a frame over
+        // its limit) or after the bytes crossed the wire (an object over its max_object_size).
+        let payload_len: u64 = payload.iter().map(|b| b.len() as u64).sum();
+        let frame_limit = session.max_object.max(MAX_BATCH_PAYLOAD);
+        let size = if op == Op::Put { header.total.max(payload_len) } else { payload_len };
+        let limit = if op == Op::Put { session.max_object } else { frame_limit };
+        if size > limit {
+            return Err(ClientError::Server {
+                node: node.name.clone(),
+                op: op.name(),
+                status: Status::PayloadTooLarge,
+                message: format!("{size} bytes exceed the node's limit of {limit} bytes (max_object_size); not sent"),
+            });
+        }
         let timeout = self.inner.cfg.op_timeout;
         match tokio::time::timeout(timeout, session.call(Outgoing { header, meta, payload })).await {
             Err(_) => Err(ClientError::Timeout {
@@ -376,7 +424,7 @@ impl Client {
             }),
             Ok(Err(e)) => {
                 let reason = e.to_string();
-                node.mark_down(&reason);
+                node.mark_down(&reason, None);
                 Err(ClientError::Connection { node: node.name.clone(), reason })
             }
             Ok(Ok(r)) => Ok(r),

@@ -100,6 +100,8 @@ pub(crate) struct Session {
     next_id: AtomicU64,
     /// The node's id from its handshake.
     pub(crate) node_id: String,
+    /// The largest object the node accepts (from its handshake).
+    pub(crate) max_object: u64,
 }
 
 /// What a session needs to start.
@@ -171,7 +173,12 @@ impl Session {
             });
         }
         let (theirs, tail) = Hello::decode(&f.meta).map_err(|e| closed(e.to_string()))?;
-        let node_id = String::from_utf8_lossy(tail).into_owned();
+        if tail.len() < 8 {
+            return Err(closed("malformed handshake answer: no max object size".into()));
+        }
+        let (max, id) = tail.split_at(8);
+        let max_object = u64::from_le_bytes(max.try_into().unwrap_or([0; 8]));
+        let node_id = String::from_utf8_lossy(id).into_owned();
         let payload_mac = theirs.features & FEATURE_PAYLOAD_MAC != 0;
         let keys = SessionKeys::derive(p.key, &nonce, &theirs.nonce, Role::Client);
         let shared = Arc::new(Shared {
@@ -183,12 +190,14 @@ impl Session {
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         tokio::spawn(write_loop(wr, keys.send, rx, payload_mac, Arc::clone(&shared)));
         tokio::spawn(read_loop(rd, keys.recv, payload_mac, Arc::clone(&shared), p.pool.clone()));
-        Ok(Arc::new(Self { tx, shared, next_id: AtomicU64::new(1), node_id }))
+        Ok(Arc::new(Self { tx, shared, next_id: AtomicU64::new(1), node_id, max_object }))
     }
 
     /// Whether the session can still carry requests.
     pub(crate) fn is_alive(&self) -> bool {
-        self.shared.alive.load(Ordering::Acquire)
+        // A closed queue means the writer task is gone, also when the runtime that ran it was
+        // dropped without the session noticing.
+        self.shared.alive.load(Ordering::Acquire) && !self.tx.is_closed()
     }
 
     /// Sends one request and waits for its answer. Cancellation-safe: dropping the future

@@ -34,6 +34,8 @@ use crate::wire::{
 const REPLY_QUEUE: usize = 256;
 /// A connection that has not completed its HELLO by then is closed (it holds a task and a socket).
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest wait for a peer to close after we closed our side.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most answers sealed into one `writev`.
 const WRITE_BATCH: usize = 64;
 
@@ -95,14 +97,25 @@ where
             tracing::debug!(%peer, "no handshake within {HANDSHAKE_TIMEOUT:?}; closing");
         }
         let _ = wr.shutdown().await;
+        linger(&mut rd).await;
         return;
     };
     let (tx, rx) = mpsc::channel(REPLY_QUEUE);
     let writer = tokio::spawn(write_loop(wr, keys.send, rx, payload_mac, Arc::clone(&ctx)));
     let mut conn = Conn { rd, recv: keys.recv, tx, ctx, peer, payload_mac };
     conn.read_loop().await;
-    drop(conn);
+    let Conn { mut rd, tx, .. } = conn;
+    drop(tx);
     let _ = writer.await;
+    linger(&mut rd).await;
+}
+
+/// After our side is flushed and half-closed, reads and discards what the peer still sends
+/// until it closes (bounded by [`LINGER`]). Closing a socket with unread bytes in it sends a
+/// reset, which can destroy answers the peer has not read yet (the last answers before a
+/// shutdown, or the error that explains why we are closing).
+async fn linger<R: AsyncRead + Unpin>(rd: &mut FrameReader<R>) {
+    let _ = tokio::time::timeout(LINGER, rd.discard_to_eof()).await;
 }
 
 /// Answers a handshake failure (MAC'd with the cluster key) and logs it.
@@ -198,7 +211,10 @@ where
         unix_ms: auth::unix_ms(SystemTime::now()),
         features: if payload_mac { FEATURE_PAYLOAD_MAC } else { 0 },
     };
-    let meta = ours.encode(ctx.node_id.as_bytes());
+    // The answer's tail: the node's max object size, then its id (see docs/protocol.md).
+    let mut tail = ctx.store.max_object().to_le_bytes().to_vec();
+    tail.extend_from_slice(ctx.node_id.as_bytes());
+    let meta = ours.encode(&tail);
     let mut resp = Header::response_to(&h, Status::Ok);
     resp.meta_len = meta.len() as u32;
     let raw = resp.encode();

@@ -93,6 +93,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(())
     }
 
+    /// Reads and discards everything until the peer closes.
+    pub(crate) async fn discard_to_eof(&mut self) -> io::Result<u64> {
+        tokio::io::copy(&mut self.inner, &mut tokio::io::sink()).await
+    }
+
     /// Discards `n` payload bytes (a refused request's payload), keeping the stream in sync.
     pub(crate) async fn skip(&mut self, n: u64) -> io::Result<()> {
         let copied = tokio::io::copy(&mut (&mut self.inner).take(n), &mut tokio::io::sink()).await?;
