@@ -21,8 +21,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::bufpool::BufPool;
 use crate::auth::{self, AuthKey, DirectionMac, FEATURE_PAYLOAD_MAC, Hello, Role, SessionKeys};
-use crate::transport::tcp::{FrameError, FrameReader, frame_prefix, write_all_vectored};
-use crate::wire::{Flags, Header, Limits, MAC_LEN, MAX_META_LEN, Op, Status};
+use crate::transport::tcp::{FrameError, FrameReader, SegmentCrcs, frame_prefix, write_all_vectored};
+use crate::wire::{self, Flags, Header, Limits, MAC_LEN, MAX_META_LEN, Op, Status};
 
 /// Frames queued per session before callers wait (backpressure).
 const SEND_QUEUE: usize = 1024;
@@ -42,6 +42,9 @@ pub(crate) struct Incoming {
     pub(crate) header: Header,
     pub(crate) meta: Vec<u8>,
     pub(crate) payload: Bytes,
+    /// CRC32C of the payload's segments, taken while receiving: one per Ok entry of a GET_BATCH
+    /// answer, else one for the whole payload.
+    pub(crate) crcs: Vec<u32>,
 }
 
 /// Why a session failed.
@@ -307,10 +310,19 @@ async fn read_loop<R: AsyncRead + Unpin>(
         if !h.is_response() || h.flags.has(Flags::PAYLOAD_MAC) != with_trailer {
             break "node sent a frame that is not a valid answer".to_string();
         }
+        // CRCs are taken as the bytes arrive: one per GET_BATCH entry, else one for the payload.
+        let segments: Vec<u64> = match (h.op(), h.status()) {
+            (Some(Op::GetBatch), Status::Ok) => wire::decode_get_answers(&f.meta, h.count, h.length)
+                .map(|a| a.iter().filter(|a| a.status == Status::Ok).map(|a| a.length).collect())
+                .unwrap_or_else(|_| vec![h.length]),
+            _ => vec![h.length],
+        };
+        let mut crcs = SegmentCrcs::new(&segments);
         let mut buf = pool.take(h.length as usize);
-        if let Err(e) = rd.read_append(&mut buf, h.length).await {
+        if let Err(e) = rd.read_append(&mut buf, h.length, &mut crcs).await {
             break format!("connection lost while reading an answer: {e}");
         }
+        let crcs = crcs.finish();
         let payload = pool.freeze(buf);
         if with_trailer {
             let mut tag = [0u8; MAC_LEN];
@@ -329,7 +341,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
         let waiter = shared.pending.lock().remove(&h.request_id);
         if let Some(w) = waiter {
-            let _ = w.send(Ok(Incoming { header: h, meta: f.meta, payload }));
+            let _ = w.send(Ok(Incoming { header: h, meta: f.meta, payload, crcs }));
         }
     };
     shared.fail_all(&reason);

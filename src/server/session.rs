@@ -488,17 +488,17 @@ impl<R: AsyncRead + Unpin> Conn<R> {
                 Received::Whole(_, s, _) => s.bytes_mut(),
                 Received::Part(w, _) => w.bytes_mut(),
             };
-            if self.rd.read_into(buf).await.is_err() {
+            let Ok(crc) = self.rd.read_into_crc(buf).await else {
                 io_failed = true;
                 if let Received::Part(w, _) = item {
                     store.finish_part(w, false);
                 }
                 break;
-            }
+            };
             if let Some(p) = pmac.as_mut() {
                 p.update(buf);
             }
-            let crc_ok = crc32c::crc32c(buf) == e.crc;
+            let crc_ok = crc == e.crc;
             self.ctx.stats.add_in(e.length);
             match &mut item {
                 Received::Whole(_, _, crc) => *crc = e.crc,

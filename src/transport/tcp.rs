@@ -17,6 +17,59 @@ const READ_BUF: usize = 64 * 1024;
 /// Linux `IOV_MAX`: the most slices one `writev` takes.
 const IOV_MAX: usize = 1024;
 
+/// Largest piece read before its CRC is taken (stays within L2 cache).
+const CRC_CHUNK: usize = 256 * 1024;
+
+/// CRC32C of consecutive segments of a payload (one per batch entry, or one for the whole
+/// payload), fed in arbitrary pieces as they arrive.
+#[derive(Debug)]
+pub(crate) struct SegmentCrcs<'a> {
+    lens: &'a [u64],
+    next: usize,
+    left: u64,
+    crc: u32,
+    open: bool,
+    out: Vec<u32>,
+}
+
+impl<'a> SegmentCrcs<'a> {
+    pub(crate) fn new(lens: &'a [u64]) -> Self {
+        let mut s = Self { lens, next: 0, left: 0, crc: 0, open: false, out: Vec::with_capacity(lens.len()) };
+        s.roll();
+        s
+    }
+
+    /// Closes finished segments (zero-length ones included) and opens the next one.
+    fn roll(&mut self) {
+        while self.left == 0 {
+            if self.open {
+                self.out.push(self.crc);
+                self.open = false;
+            }
+            let Some(&len) = self.lens.get(self.next) else { return };
+            self.next += 1;
+            self.left = len;
+            self.crc = 0;
+            self.open = true;
+        }
+    }
+
+    pub(crate) fn update(&mut self, mut b: &[u8]) {
+        while !b.is_empty() && self.open {
+            let n = self.left.min(b.len() as u64) as usize;
+            self.crc = crc32c::crc32c_append(self.crc, &b[..n]);
+            self.left -= n as u64;
+            b = &b[n..];
+            self.roll();
+        }
+    }
+
+    /// The CRC of every segment fed completely, in order.
+    pub(crate) fn finish(self) -> Vec<u32> {
+        self.out
+    }
+}
+
 /// A frame head: header, meta section and header MAC. The payload is still on the stream.
 #[derive(Debug)]
 pub(crate) struct FrameHead {
@@ -77,18 +130,43 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.inner.read_exact(dst).await.map(|_| ())
     }
 
+    /// Like [`read_into`](Self::read_into), and returns the bytes' CRC32C, computed piece by
+    /// piece right after each piece arrives, while it is still in cache (over a whole cold block
+    /// the CRC costs about as much as the socket copy; measured in docs/benchmarks.md).
+    pub(crate) async fn read_into_crc(&mut self, dst: &mut [u8]) -> io::Result<u32> {
+        let mut crc = 0;
+        let mut pos = 0;
+        while pos < dst.len() {
+            let end = (pos + CRC_CHUNK).min(dst.len());
+            let n = self.inner.read(&mut dst[pos..end]).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            crc = crc32c::crc32c_append(crc, &dst[pos..pos + n]);
+            pos += n;
+        }
+        Ok(crc)
+    }
+
     /// Appends exactly `len` payload bytes to `buf` (reading into its spare capacity, so the
-    /// buffer is never zeroed first).
-    pub(crate) async fn read_append(&mut self, buf: &mut Vec<u8>, len: u64) -> io::Result<()> {
+    /// buffer is never zeroed first), feeding them to `crcs` as they arrive.
+    pub(crate) async fn read_append(
+        &mut self,
+        buf: &mut Vec<u8>,
+        len: u64,
+        crcs: &mut SegmentCrcs<'_>,
+    ) -> io::Result<()> {
         use bytes::BufMut;
         let len = usize::try_from(len).map_err(|_| io::Error::other("payload does not fit in memory"))?;
         let end = buf.len() + len;
         buf.reserve(len);
         while buf.len() < end {
-            let want = end - buf.len();
+            let start = buf.len();
+            let want = (end - start).min(CRC_CHUNK);
             if self.inner.read_buf(&mut buf.limit(want)).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
+            crcs.update(&buf[start..]);
         }
         Ok(())
     }
@@ -160,6 +238,38 @@ mod tests {
         assert!(matches!(r.read_head().await, Err(FrameError::Closed)));
     }
 
+    #[test]
+    fn segment_crcs_match_whole_segment_crcs_whatever_the_piece_sizes() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let lens = [0u64, 3000, 0, 1, 6999, 0];
+        let mut want = Vec::new();
+        let mut at = 0;
+        for &l in &lens {
+            want.push(crc32c::crc32c(&data[at..at + l as usize]));
+            at += l as usize;
+        }
+        for piece in [1usize, 7, 999, 4096, 10_000] {
+            let mut c = SegmentCrcs::new(&lens);
+            for chunk in data.chunks(piece) {
+                c.update(chunk);
+            }
+            assert_eq!(c.finish(), want, "piece size {piece}");
+        }
+        assert_eq!(SegmentCrcs::new(&[]).finish(), Vec::<u32>::new());
+    }
+
+    #[tokio::test]
+    async fn read_into_crc_returns_the_crc_of_what_it_read() {
+        let (mut a, b) = tokio::io::duplex(1 << 12);
+        let data: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        let expect = crc32c::crc32c(&data);
+        let w = tokio::spawn(async move { a.write_all(&data).await.unwrap() });
+        let mut r = FrameReader::new(b, Limits::default());
+        let mut dst = vec![0u8; 300_000];
+        assert_eq!(r.read_into_crc(&mut dst).await.unwrap(), expect);
+        w.await.unwrap();
+    }
+
     #[tokio::test]
     async fn truncated_frame_is_an_io_error_not_a_clean_close() {
         let (mut a, b) = tokio::io::duplex(1024);
@@ -188,11 +298,16 @@ mod tests {
         let mut r = FrameReader::new(b, Limits::default());
         r.skip(1000).await.unwrap();
         let mut v = Vec::new();
-        r.read_append(&mut v, 2).await.unwrap();
+        let mut crcs = SegmentCrcs::new(&[2]);
+        r.read_append(&mut v, 2, &mut crcs).await.unwrap();
         assert_eq!(v, b"ne");
+        assert_eq!(crcs.finish(), vec![crc32c::crc32c(b"ne")]);
         let mut d = [0u8; 2];
         r.read_into(&mut d).await.unwrap();
         assert_eq!(&d, b"xt");
-        assert!(r.read_append(&mut v, 1).await.is_err(), "EOF inside a payload is an error");
+        assert!(
+            r.read_append(&mut v, 1, &mut SegmentCrcs::new(&[1])).await.is_err(),
+            "EOF inside a payload is an error"
+        );
     }
 }
