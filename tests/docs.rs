@@ -26,3 +26,47 @@ fn configuration_reference_matches_the_code() {
         assert!(doc.contains(p.env), "{} missing from docs/configuration.md", p.env);
     }
 }
+
+#[test]
+fn protocol_doc_lists_every_status_op_and_limit_of_the_code() {
+    use memkv::wire::{self, Op, Status};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md");
+    let doc = std::fs::read_to_string(path).expect("docs/protocol.md exists");
+    for code in 0..=u16::MAX {
+        let Some(s) = Status::from_u16(code) else { continue };
+        let row = format!("| {code} | `{}` |", s.name());
+        assert!(doc.contains(&row), "docs/protocol.md lacks the status row {row:?}");
+    }
+    for code in 0..=0x7fu8 {
+        let Some(op) = Op::from_u8(code) else { continue };
+        let name = op.name().to_uppercase();
+        let row = format!("| {name} | `{code:#04x}` |");
+        assert!(doc.contains(&row), "docs/protocol.md lacks the op row {row:?}");
+    }
+    let magic = std::str::from_utf8(&wire::MAGIC).expect("ASCII magic");
+    assert!(doc.contains(&format!("`{magic}`")), "magic");
+    for (name, value) in [
+        ("HEADER_LEN", format!("{} bytes", wire::HEADER_LEN)),
+        ("MAC_LEN", format!("{} bytes", wire::MAC_LEN)),
+        ("MAX_KEY_LEN", format!("{} bytes", wire::MAX_KEY_LEN)),
+        ("MAX_META_LEN", format!("({} bytes)", group(wire::MAX_META_LEN as u64))),
+        ("MAX_BATCH_ENTRIES", wire::MAX_BATCH_ENTRIES.to_string()),
+        ("MAX_BATCH_PAYLOAD", format!("({} bytes)", group(wire::MAX_BATCH_PAYLOAD))),
+    ] {
+        let row = format!("| `{name}` | ");
+        let line = doc.lines().find(|l| l.starts_with(&row)).unwrap_or_else(|| panic!("no limits row for {name}"));
+        assert!(line.contains(&value), "limits row for {name} should say {value:?}: {line}");
+    }
+}
+
+fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

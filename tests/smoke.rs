@@ -29,6 +29,9 @@ fn payload_macs_work_when_asked_for_by_the_client_or_required_by_the_node() {
             let block = bytes::Bytes::from(vec![0x5au8; 3 << 20]);
             client.put(b"mac", block.clone()).await.unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(client.get(b"mac").await.unwrap(), Some(block), "{name}");
+            // Frames without payload carry no payload-MAC trailer.
+            client.put(b"empty", bytes::Bytes::new()).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(client.get(b"empty").await.unwrap(), Some(bytes::Bytes::new()), "{name}");
             let items = [memkv::client::PutItem::whole("a", bytes::Bytes::from_static(b"xyz"))];
             client.put_batch(&items).await.unwrap();
             let got = client.get_batch(&[memkv::client::GetItem::whole("a")]).await.unwrap();

@@ -417,11 +417,17 @@ impl Client {
         }
         let timeout = self.inner.cfg.op_timeout;
         match tokio::time::timeout(timeout, session.call(Outgoing { header, meta, payload })).await {
-            Err(_) => Err(ClientError::Timeout {
-                node: node.name.clone(),
-                op: op.name(),
-                after_ms: timeout.as_millis() as u64,
-            }),
+            Err(_) => {
+                // A node that accepts but does not answer is treated like a down one, so that the
+                // next operations fail fast instead of each waiting for the timeout.
+                let e = ClientError::Timeout {
+                    node: node.name.clone(),
+                    op: op.name(),
+                    after_ms: timeout.as_millis() as u64,
+                };
+                node.mark_down(&e.to_string(), None);
+                Err(e)
+            }
             Ok(Err(e)) => {
                 let reason = e.to_string();
                 node.mark_down(&reason, None);

@@ -183,6 +183,13 @@ impl Session {
         let max_object = u64::from_le_bytes(max.try_into().unwrap_or([0; 8]));
         let node_id = String::from_utf8_lossy(id).into_owned();
         let payload_mac = theirs.features & FEATURE_PAYLOAD_MAC != 0;
+        if p.payload_mac && !payload_mac {
+            // Fail closed: MEMKV_PAYLOAD_MAC=true must never silently downgrade.
+            return Err(SessionError::Refused {
+                status: Status::InvalidRequest,
+                message: "the node did not agree to payload MACs (MEMKV_PAYLOAD_MAC=true); upgrade the node".into(),
+            });
+        }
         let keys = SessionKeys::derive(p.key, &nonce, &theirs.nonce, Role::Client);
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),

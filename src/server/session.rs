@@ -165,9 +165,11 @@ where
         }
     };
     let h = f.header;
-    if h.op() != Some(Op::Hello) || h.is_response() {
+    if h.op() != Some(Op::Hello) || h.is_response() || h.length != 0 {
         ctx.stats.invalid_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let msg = "the first frame of a connection must be HELLO (is this a MemKV client?)".to_string();
+        ctx.stats.error(Status::InvalidRequest);
+        let msg =
+            "the first frame of a connection must be a HELLO without payload (is this a MemKV client?)".to_string();
         refuse(wr, ctx, &h, &[0; 32], Status::InvalidRequest, msg, peer).await;
         return None;
     }
@@ -456,7 +458,9 @@ impl<R: AsyncRead + Unpin> Conn<R> {
     ) -> Option<Vec<EntryOutcome>> {
         let ctx = Arc::clone(&self.ctx);
         let store: &Store = &ctx.store;
-        let mut pmac: Option<PayloadMac> = self.payload_mac.then(|| self.recv.payload_mac(header_mac));
+        // Frames without payload carry no payload MAC trailer, in either direction.
+        let mut pmac: Option<PayloadMac> =
+            (self.payload_mac && h.length > 0).then(|| self.recv.payload_mac(header_mac));
         let mut received = Vec::with_capacity(entries.len());
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut io_failed = false;

@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
@@ -91,7 +92,21 @@ struct Index {
     next_generation: u64,
 }
 
-/// Counters the admin endpoints report.
+/// Live counters: relaxed atomic adds, never a lock on the request path.
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+    evicted_bytes: AtomicU64,
+    partial_expired: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A snapshot of the counters the admin endpoints report.
 #[derive(Debug, Default)]
 pub(crate) struct StoreCounters {
     pub(crate) hits: u64,
@@ -105,7 +120,7 @@ pub(crate) struct StoreCounters {
 pub(crate) struct Store {
     arena: Arc<Arena>,
     index: Mutex<Index>,
-    counters: Mutex<StoreCounters>,
+    counters: Counters,
     max_object: u64,
     partial_timeout: Duration,
 }
@@ -152,7 +167,7 @@ impl Store {
         Self {
             arena,
             index: Mutex::new(Index { objects: LruCache::unbounded(), partial: HashMap::new(), next_generation: 1 }),
-            counters: Mutex::new(StoreCounters::default()),
+            counters: Counters::default(),
             max_object,
             partial_timeout,
         }
@@ -173,8 +188,15 @@ impl Store {
 
     /// A snapshot of the counters.
     pub(crate) fn counters(&self) -> StoreCounters {
-        let c = self.counters.lock();
-        StoreCounters { ..*c }
+        let c = &self.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StoreCounters {
+            hits: l(&c.hits),
+            misses: l(&c.misses),
+            evictions: l(&c.evictions),
+            evicted_bytes: l(&c.evicted_bytes),
+            partial_expired: l(&c.partial_expired),
+        }
     }
 
     /// Reserves room for a `len`-byte object, evicting least recently used objects as needed.
@@ -192,9 +214,8 @@ impl Store {
             let victim = self.index.lock().objects.pop_lru();
             match victim {
                 Some((_, obj)) => {
-                    let mut c = self.counters.lock();
-                    c.evictions += 1;
-                    c.evicted_bytes += obj.len();
+                    bump(&self.counters.evictions, 1);
+                    bump(&self.counters.evicted_bytes, obj.len());
                 }
                 None if !expired_partials => {
                     expired_partials = true;
@@ -221,12 +242,7 @@ impl Store {
     /// The object under `key`, pinned, promoted to most recently used.
     pub(crate) fn get(&self, key: &[u8]) -> Option<Arc<Object>> {
         let found = self.index.lock().objects.get(key).cloned();
-        let mut c = self.counters.lock();
-        if found.is_some() {
-            c.hits += 1
-        } else {
-            c.misses += 1
-        }
+        bump(if found.is_some() { &self.counters.hits } else { &self.counters.misses }, 1);
         found
     }
 
@@ -344,7 +360,7 @@ impl Store {
             });
         }
         if !dropped.is_empty() {
-            self.counters.lock().partial_expired += dropped.len() as u64;
+            bump(&self.counters.partial_expired, dropped.len() as u64);
         }
     }
 }

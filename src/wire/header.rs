@@ -172,7 +172,8 @@ pub struct Header {
     pub offset: u64,
     /// Length of the payload section.
     pub length: u64,
-    /// Whole object size (ranged PUT: final size; GET response: object size).
+    /// Whole object size (PUT: final size; GET request: bytes wanted, 0 = to the end; GET answer:
+    /// object size).
     pub total: u64,
     /// CRC32C of the payload section.
     pub crc: u32,

@@ -4,7 +4,8 @@
 //! This module is **pure**: it never does I/O, never allocates a buffer whose size came from the
 //! peer before that size was checked against [`Limits`], and never trusts a length it has not
 //! bounded. The byte layout is specified in `docs/protocol.md`; the constants here are the source
-//! of truth and the doc is checked against them by tests.
+//! of truth, and `tests/docs.rs` checks that the doc lists every op, status and limit with the
+//! values defined here.
 //!
 //! A frame is `header (64 B) | meta (meta_len B) | mac (32 B) | payload (length B) | [payload mac (32 B)]`.
 //! The header MAC covers header and meta; the payload is covered by the CRC32C in the header (and
