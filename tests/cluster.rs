@@ -5,13 +5,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Creds, Node, runtime, server_bin};
+use common::{Creds, Node, runtime};
 use memkv::client::{ClientError, GetItem, PutItem};
 use memkv::config::ServerAddr;
 use memkv::wire::Status;
@@ -65,48 +62,6 @@ fn metric(node: &Node, sample: &str) -> f64 {
         .trim()
         .parse()
         .expect("sample value")
-}
-
-/// A node with its own `--memory` (the harness always passes `--memory 256MiB`, and clap
-/// refuses a repeated flag, so this spawns the process itself).
-fn start_node_with_memory(creds: &Creds, ip: &str, memory: &str) -> Node {
-    let mut cmd = Command::new(server_bin());
-    cmd.args(["--listen", &format!("{ip}:0"), "--admin-listen", &format!("{ip}:0"), "--memory", memory])
-        .env_clear()
-        .env("MEMKV_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in creds.env() {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn memkv-server");
-    let (stdout, stderr) = (child.stdout.take().expect("stdout"), child.stderr.take().expect("stderr"));
-    let (etx, erx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = etx.send(line);
-        }
-    });
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("memkv-server on {ip} did not become ready: {}", erx.try_iter().collect::<Vec<_>>().join("\n"));
-    };
-    let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name}= in ready line {line:?}"))
-    };
-    let (data, admin) = (field("data"), field("admin"));
-    Node { child, data, admin, ip: ip.to_string(), stderr: erx }
 }
 
 fn server_status(e: &ClientError) -> Option<Status> {
@@ -423,7 +378,7 @@ fn the_last_complete_write_of_a_key_wins() {
 #[test]
 fn a_full_node_evicts_its_oldest_objects_and_keeps_serving_the_newest() {
     let creds = Creds::new();
-    let node = start_node_with_memory(&creds, "127.0.1.28", "8MiB");
+    let node = Node::start(&creds, "127.0.1.28", &["--memory", "8MiB"]);
     let client = creds.client(&[&node], &[]);
     let key = |i: usize| format!("evict-{i}");
     runtime().block_on(async {
@@ -449,7 +404,7 @@ fn a_full_node_evicts_its_oldest_objects_and_keeps_serving_the_newest() {
 #[test]
 fn a_get_protects_an_object_from_eviction_but_exists_does_not() {
     let creds = Creds::new();
-    let node = start_node_with_memory(&creds, "127.0.1.34", "8MiB");
+    let node = Node::start(&creds, "127.0.1.34", &["--memory", "8MiB"]);
     let client = creds.client(&[&node], &[]);
     let key = |i: usize| format!("lru-{i}");
     runtime().block_on(async {

@@ -518,7 +518,7 @@ impl Client {
     /// parallel. Absent keys and keys on unavailable nodes are `None`.
     pub async fn exists<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<u64>>, ClientError> {
         let wire: Vec<Vec<u8>> = keys.iter().map(|k| self.wire_key(k.as_ref())).collect::<Result<_, _>>()?;
-        let groups = self.group(&wire, |k| k.len() + 2);
+        let groups = self.group(&wire, |i| (wire[i].len() + 2, 0));
         let wire = &wire;
         let calls = groups.into_iter().map(|(idx, members)| async move {
             let mut meta = Vec::new();
@@ -560,24 +560,7 @@ impl Client {
     pub async fn put_batch(&self, items: &[PutItem]) -> Result<(), ClientError> {
         let wire: Vec<Vec<u8>> = items.iter().map(|it| self.wire_key(&it.key)).collect::<Result<_, _>>()?;
         let crcs: Vec<u32> = items.iter().map(|it| crc32c::crc32c(&it.data)).collect();
-        let mut groups = Vec::new();
-        for (idx, members) in self.group(&wire, |k| k.len() + 30) {
-            // Also bound each frame's payload.
-            let mut chunk: Vec<usize> = Vec::new();
-            let mut bytes = 0u64;
-            for i in members {
-                let len = items[i].data.len() as u64;
-                if !chunk.is_empty() && bytes + len > MAX_BATCH_PAYLOAD {
-                    groups.push((idx, std::mem::take(&mut chunk)));
-                    bytes = 0;
-                }
-                bytes += len;
-                chunk.push(i);
-            }
-            if !chunk.is_empty() {
-                groups.push((idx, chunk));
-            }
-        }
+        let groups = self.group(&wire, |i| (wire[i].len() + 30, items[i].data.len() as u64));
         let calls = groups.into_iter().map(|(idx, members)| {
             let (wire, crcs) = (&wire, &crcs);
             async move {
@@ -625,7 +608,7 @@ impl Client {
     /// and keys on unavailable nodes are `None`; other failures are errors.
     pub async fn get_batch(&self, items: &[GetItem]) -> Result<Vec<Option<Bytes>>, ClientError> {
         let wire: Vec<Vec<u8>> = items.iter().map(|it| self.wire_key(&it.key)).collect::<Result<_, _>>()?;
-        let groups = self.group(&wire, |k| k.len() + 18);
+        let groups = self.group(&wire, |i| (wire[i].len() + 18, 0));
         let calls = groups.into_iter().map(|(idx, members)| {
             let wire = &wire;
             async move {
@@ -717,8 +700,10 @@ impl Client {
         serde_json::from_slice(&r.payload).map_err(|e| ClientError::Protocol { node: node(), why: e.to_string() })
     }
 
-    /// Groups key indices by owning node, split so that each group fits one batch frame.
-    fn group(&self, wire: &[Vec<u8>], entry_meta: impl Fn(&[u8]) -> usize) -> Vec<(usize, Vec<usize>)> {
+    /// Groups key indices by owning node, split so that each group fits one batch frame: at most
+    /// `MAX_BATCH_ENTRIES` entries, `MAX_META_LEN` bytes of meta and (for PUT_BATCH) about
+    /// `MAX_BATCH_PAYLOAD` payload bytes. `cost(i)` is entry `i`'s (meta bytes, payload bytes).
+    fn group(&self, wire: &[Vec<u8>], cost: impl Fn(usize) -> (usize, u64)) -> Vec<(usize, Vec<usize>)> {
         let mut by_node: Vec<Vec<usize>> = vec![Vec::new(); self.inner.nodes.len()];
         for (i, k) in wire.iter().enumerate() {
             by_node[self.inner.placement.owner(k)].push(i);
@@ -726,14 +711,17 @@ impl Client {
         let mut out = Vec::new();
         for (idx, members) in by_node.into_iter().enumerate() {
             let mut chunk = Vec::new();
-            let mut meta = 0usize;
+            let (mut meta, mut payload) = (0usize, 0u64);
             for i in members {
-                let m = entry_meta(&wire[i]);
-                if !chunk.is_empty() && (chunk.len() == MAX_BATCH_ENTRIES || meta + m > MAX_META_LEN) {
+                let (m, p) = cost(i);
+                let full =
+                    chunk.len() == MAX_BATCH_ENTRIES || meta + m > MAX_META_LEN || payload + p > MAX_BATCH_PAYLOAD;
+                if !chunk.is_empty() && full {
                     out.push((idx, std::mem::take(&mut chunk)));
-                    meta = 0;
+                    (meta, payload) = (0, 0);
                 }
                 meta += m;
+                payload += p;
                 chunk.push(i);
             }
             if !chunk.is_empty() {

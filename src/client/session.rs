@@ -8,7 +8,6 @@
 //! stream stays in sync.
 
 use std::collections::HashMap;
-use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -21,7 +20,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::bufpool::BufPool;
 use crate::auth::{self, AuthKey, DirectionMac, FEATURE_PAYLOAD_MAC, Hello, Role, SessionKeys};
-use crate::transport::tcp::{FrameError, FrameReader, SegmentCrcs, frame_prefix, write_all_vectored};
+use crate::transport::tcp::{FrameError, FrameOut, FrameReader, SegmentCrcs, frame_prefix, write_frames};
 use crate::wire::{self, Flags, Header, Limits, MAC_LEN, MAX_META_LEN, Op, Status};
 
 /// Frames queued per session before callers wait (backpressure).
@@ -248,44 +247,21 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 ) {
     let mut batch: Vec<Outgoing> = Vec::with_capacity(WRITE_BATCH);
     let mut failure = None;
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(o) => batch.push(o),
-                Err(_) => break,
-            }
-        }
-        let mut prefixes = Vec::with_capacity(batch.len());
-        let mut trailers = Vec::with_capacity(batch.len());
-        for o in &mut batch {
-            let len: u64 = o.payload.iter().map(|b| b.len() as u64).sum();
-            o.header.length = len;
-            o.header.meta_len = o.meta.len() as u32;
-            o.header.flags = Flags(if payload_mac && len > 0 { Flags::PAYLOAD_MAC } else { 0 });
-            let (raw, m) = mac.seal(&mut o.header, &o.meta);
-            prefixes.push(frame_prefix(&raw, &o.meta, &m));
-            trailers.push((payload_mac && len > 0).then(|| {
-                let mut p = mac.payload_mac(&m);
-                for b in &o.payload {
-                    p.update(b);
-                }
-                p.finish()
-            }));
-        }
-        let mut slices = Vec::with_capacity(batch.len() * 3);
-        for ((p, o), t) in prefixes.iter().zip(&batch).zip(&trailers) {
-            slices.push(IoSlice::new(p));
-            slices.extend(o.payload.iter().map(|b| IoSlice::new(b)));
-            if let Some(t) = t {
-                slices.push(IoSlice::new(t));
-            }
-        }
-        if let Err(e) = write_all_vectored(&mut wr, &mut slices).await {
+    // Everything queued so far (up to WRITE_BATCH) goes out in one writev.
+    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let mut frames: Vec<FrameOut<'_>> = batch
+            .iter_mut()
+            .map(|o| FrameOut {
+                header: &mut o.header,
+                meta: &o.meta,
+                payload: o.payload.iter().map(|b| &b[..]).collect(),
+            })
+            .collect();
+        if let Err(e) = write_frames(&mut wr, &mut mac, payload_mac, &mut frames).await {
             failure = Some(format!("write failed: {e}"));
             break;
         }
-        drop(slices);
+        drop(frames);
         batch.clear();
     }
     let _ = wr.shutdown().await;

@@ -25,7 +25,7 @@ use crate::auth::{
     self, AuthError, DirectionMac, FEATURE_PAYLOAD_MAC, Hello, PayloadMac, Role, SessionKeys, hello_request_mac,
     hello_response_mac, macs_equal,
 };
-use crate::transport::tcp::{FrameError, FrameHead, FrameReader, frame_prefix, write_all_vectored};
+use crate::transport::tcp::{FrameError, FrameHead, FrameOut, FrameReader, frame_prefix, write_frames};
 use crate::wire::{
     self, ABSENT, BatchGetAnswer, BatchPutEntry, Flags, Header, MAC_LEN, MAX_BATCH_PAYLOAD, Op, Status, WireError,
 };
@@ -48,15 +48,6 @@ enum Body {
 }
 
 impl Body {
-    fn len(&self) -> u64 {
-        match self {
-            Self::Empty => 0,
-            Self::Object(_, r) => r.len() as u64,
-            Self::Objects(v) => v.iter().map(|(_, r)| r.len() as u64).sum(),
-            Self::Owned(v) => v.len() as u64,
-        }
-    }
-
     fn slices(&self) -> Vec<&[u8]> {
         match self {
             Self::Empty => Vec::new(),
@@ -586,48 +577,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     ctx: Arc<Ctx>,
 ) {
     let mut batch: Vec<Reply> = Vec::with_capacity(WRITE_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
+    // Everything queued so far (up to WRITE_BATCH) goes out in one writev.
+    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let mut frames: Vec<FrameOut<'_>> = batch
+            .iter_mut()
+            .map(|r| FrameOut { header: &mut r.header, meta: &r.meta, payload: r.body.slices() })
+            .collect();
+        match write_frames(&mut wr, &mut mac, payload_mac, &mut frames).await {
+            Ok(bytes) => ctx.stats.add_out(bytes),
+            Err(_) => break,
         }
-        let mut prefixes = Vec::with_capacity(batch.len());
-        let mut trailers = Vec::with_capacity(batch.len());
-        let mut out_bytes = 0;
-        for r in &mut batch {
-            let len = r.body.len();
-            out_bytes += len;
-            r.header.length = len;
-            r.header.meta_len = r.meta.len() as u32;
-            r.header.flags = Flags(if payload_mac && len > 0 { Flags::PAYLOAD_MAC } else { 0 });
-            let (raw, m) = mac.seal(&mut r.header, &r.meta);
-            prefixes.push(frame_prefix(&raw, &r.meta, &m));
-            trailers.push((payload_mac && len > 0).then(|| {
-                let mut p = mac.payload_mac(&m);
-                for s in r.body.slices() {
-                    p.update(s);
-                }
-                p.finish()
-            }));
-        }
-        let bodies: Vec<Vec<&[u8]>> = batch.iter().map(|r| r.body.slices()).collect();
-        let mut slices = Vec::with_capacity(batch.len() * 3);
-        for ((p, b), t) in prefixes.iter().zip(&bodies).zip(&trailers) {
-            slices.push(std::io::IoSlice::new(p));
-            slices.extend(b.iter().map(|s| std::io::IoSlice::new(s)));
-            if let Some(t) = t {
-                slices.push(std::io::IoSlice::new(t));
-            }
-        }
-        if write_all_vectored(&mut wr, &mut slices).await.is_err() {
-            break;
-        }
-        ctx.stats.add_out(out_bytes);
-        drop(slices);
-        drop(bodies);
+        drop(frames);
         batch.clear();
     }
     let _ = wr.shutdown().await;

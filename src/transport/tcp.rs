@@ -9,7 +9,8 @@ use std::io::{self, IoSlice};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
-use crate::wire::{HEADER_LEN, Header, Limits, MAC_LEN, WireError};
+use crate::auth::DirectionMac;
+use crate::wire::{Flags, HEADER_LEN, Header, Limits, MAC_LEN, WireError};
 
 /// Read buffer: large enough to batch many small frames per syscall, small enough that a large
 /// payload goes mostly straight from the socket into its destination.
@@ -198,6 +199,55 @@ pub(crate) async fn write_all_vectored<W: AsyncWrite + Unpin>(
         IoSlice::advance_slices(&mut bufs, n);
     }
     Ok(())
+}
+
+/// One outgoing frame for [`write_frames`]: its header's `length`, `meta_len`, `flags` and `seq`
+/// are filled in when it is sealed.
+pub(crate) struct FrameOut<'a> {
+    pub(crate) header: &'a mut Header,
+    pub(crate) meta: &'a [u8],
+    pub(crate) payload: Vec<&'a [u8]>,
+}
+
+/// Seals `frames` in order (sequence numbers, header MACs, and payload MAC trailers when the
+/// session negotiated them) and writes them all with as few `writev` calls as the kernel allows:
+/// header, meta and MAC of a frame in one slice, its payload pieces straight from where they
+/// are. Returns the payload bytes written.
+pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mac: &mut DirectionMac,
+    payload_mac: bool,
+    frames: &mut [FrameOut<'_>],
+) -> io::Result<u64> {
+    let mut prefixes = Vec::with_capacity(frames.len());
+    let mut trailers = Vec::with_capacity(frames.len());
+    let mut total = 0;
+    for f in frames.iter_mut() {
+        let len: u64 = f.payload.iter().map(|p| p.len() as u64).sum();
+        total += len;
+        f.header.length = len;
+        f.header.meta_len = f.meta.len() as u32;
+        f.header.flags = Flags(if payload_mac && len > 0 { Flags::PAYLOAD_MAC } else { 0 });
+        let (raw, m) = mac.seal(f.header, f.meta);
+        prefixes.push(frame_prefix(&raw, f.meta, &m));
+        trailers.push((payload_mac && len > 0).then(|| {
+            let mut p = mac.payload_mac(&m);
+            for piece in &f.payload {
+                p.update(piece);
+            }
+            p.finish()
+        }));
+    }
+    let mut slices = Vec::with_capacity(frames.len() * 3);
+    for ((prefix, f), trailer) in prefixes.iter().zip(frames.iter()).zip(&trailers) {
+        slices.push(IoSlice::new(prefix));
+        slices.extend(f.payload.iter().map(|p| IoSlice::new(p)));
+        if let Some(t) = trailer {
+            slices.push(IoSlice::new(t));
+        }
+    }
+    write_all_vectored(w, &mut slices).await?;
+    Ok(total)
 }
 
 /// Header, meta and MAC of one outgoing frame, contiguous (the first slice of its `writev`).

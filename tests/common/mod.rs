@@ -94,11 +94,15 @@ impl Node {
         Self::start_on(creds, ip, "0", flags)
     }
 
-    /// Starts a node on `ip:port` (admin on an ephemeral port).
+    /// Starts a node on `ip:port` (admin on an ephemeral port), with 256 MiB of memory unless
+    /// `flags` set `--memory`.
     pub fn start_on(creds: &Creds, ip: &str, port: &str, flags: &[&str]) -> Self {
         let mut cmd = Command::new(server_bin());
-        cmd.args(["--listen", &format!("{ip}:{port}"), "--admin-listen", &format!("{ip}:0"), "--memory", "256MiB"])
-            .args(flags)
+        cmd.args(["--listen", &format!("{ip}:{port}"), "--admin-listen", &format!("{ip}:0")]);
+        if !flags.contains(&"--memory") {
+            cmd.args(["--memory", "256MiB"]);
+        }
+        cmd.args(flags)
             .env_clear()
             .env("MEMKV_LOG", "info")
             .stdin(Stdio::null())
