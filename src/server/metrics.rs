@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::store::StoreCounters;
 use crate::wire::{Op, Status};
 
 const OPS: [Op; 8] = [Op::Hello, Op::Put, Op::Get, Op::Exists, Op::Delete, Op::NodeInfo, Op::PutBatch, Op::GetBatch];
@@ -35,7 +36,8 @@ pub(crate) struct Stats {
     pub(crate) bytes_out: AtomicU64,
 }
 
-fn add(c: &AtomicU64, n: u64) {
+/// A relaxed counter increment: the only way counters move.
+pub(crate) fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
@@ -68,6 +70,11 @@ impl Stats {
         c.load(Ordering::Relaxed)
     }
 
+    /// A frame rejected before authentication.
+    pub(crate) fn invalid_frame(&self) {
+        add(&self.invalid_frames, 1);
+    }
+
     pub(crate) fn add_in(&self, n: u64) {
         add(&self.bytes_in, n);
     }
@@ -83,11 +90,7 @@ pub(crate) struct Snapshot {
     pub(crate) capacity: u64,
     pub(crate) used: u64,
     pub(crate) objects: u64,
-    pub(crate) hits: u64,
-    pub(crate) misses: u64,
-    pub(crate) evictions: u64,
-    pub(crate) evicted_bytes: u64,
-    pub(crate) partial_expired: u64,
+    pub(crate) store: StoreCounters,
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, f64)]) {
@@ -116,22 +119,28 @@ pub(crate) fn render(stats: &Stats, s: &Snapshot) -> String {
         &[("", s.used as f64)],
     );
     metric(&mut o, "memkv_objects", "gauge", "Complete objects stored.", &[("", s.objects as f64)]);
-    metric(&mut o, "memkv_hits_total", "counter", "GET lookups that found an object.", &[("", s.hits as f64)]);
-    metric(&mut o, "memkv_misses_total", "counter", "GET lookups that found nothing.", &[("", s.misses as f64)]);
-    metric(&mut o, "memkv_evictions_total", "counter", "Objects evicted to make room.", &[("", s.evictions as f64)]);
+    metric(&mut o, "memkv_hits_total", "counter", "GET lookups that found an object.", &[("", s.store.hits as f64)]);
+    metric(&mut o, "memkv_misses_total", "counter", "GET lookups that found nothing.", &[("", s.store.misses as f64)]);
+    metric(
+        &mut o,
+        "memkv_evictions_total",
+        "counter",
+        "Objects evicted to make room.",
+        &[("", s.store.evictions as f64)],
+    );
     metric(
         &mut o,
         "memkv_evicted_bytes_total",
         "counter",
         "Bytes of evicted objects.",
-        &[("", s.evicted_bytes as f64)],
+        &[("", s.store.evicted_bytes as f64)],
     );
     metric(
         &mut o,
         "memkv_partial_expired_total",
         "counter",
         "Partly written ranged objects dropped after the partial timeout.",
-        &[("", s.partial_expired as f64)],
+        &[("", s.store.partial_expired as f64)],
     );
     metric(&mut o, "memkv_connections", "gauge", "Open client connections.", &[("", l(&stats.connections) as f64)]);
     metric(
@@ -190,11 +199,7 @@ mod tests {
             capacity: 10,
             used: 5,
             objects: 1,
-            hits: 2,
-            misses: 3,
-            evictions: 0,
-            evicted_bytes: 0,
-            partial_expired: 0,
+            store: StoreCounters { hits: 2, misses: 3, ..StoreCounters::default() },
         };
         let t = render(&st, &snap);
         assert!(t.contains("memkv_requests_total{op=\"get\"} 2"));

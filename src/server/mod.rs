@@ -76,7 +76,6 @@ impl Ctx {
     }
 
     fn metrics_text(&self) -> String {
-        let c = self.store.counters();
         let arena = self.store.arena();
         metrics::render(
             &self.stats,
@@ -85,11 +84,7 @@ impl Ctx {
                 capacity: arena.capacity(),
                 used: arena.used(),
                 objects: self.store.object_count() as u64,
-                hits: c.hits,
-                misses: c.misses,
-                evictions: c.evictions,
-                evicted_bytes: c.evicted_bytes,
-                partial_expired: c.partial_expired,
+                store: self.store.counters(),
             },
         )
     }

@@ -84,7 +84,7 @@ where
     let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut rd, &mut wr, &ctx, peer)).await;
     let Ok(Some((keys, payload_mac))) = hello else {
         if hello.is_err() {
-            ctx.stats.invalid_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.stats.invalid_frame();
             tracing::debug!(%peer, "no handshake within {HANDSHAKE_TIMEOUT:?}; closing");
         }
         let _ = wr.shutdown().await;
@@ -140,7 +140,7 @@ where
     let f = match rd.read_head().await {
         Ok(f) => f,
         Err(FrameError::Wire(WireError::UnsupportedVersion { got, ours })) => {
-            ctx.stats.invalid_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.stats.invalid_frame();
             ctx.stats.error(Status::UnsupportedVersion);
             let req = Header::request(Op::Hello, 0);
             let msg = format!(
@@ -150,14 +150,14 @@ where
             return None;
         }
         Err(e) => {
-            ctx.stats.invalid_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.stats.invalid_frame();
             tracing::debug!(%peer, error = %e, "connection dropped before a valid handshake");
             return None;
         }
     };
     let h = f.header;
     if h.op() != Some(Op::Hello) || h.is_response() || h.length != 0 {
-        ctx.stats.invalid_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.stats.invalid_frame();
         ctx.stats.error(Status::InvalidRequest);
         let msg =
             "the first frame of a connection must be a HELLO without payload (is this a MemKV client?)".to_string();
@@ -266,7 +266,7 @@ impl<R: AsyncRead + Unpin> Conn<R> {
                 }
                 Err(FrameError::Wire(e)) => {
                     // The stream cannot be trusted past a bad header: answer, count, close.
-                    self.ctx.stats.invalid_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.ctx.stats.invalid_frame();
                     tracing::warn!(peer = %self.peer, error = %e, "invalid frame; closing connection");
                     let req = Header::request(Op::Hello, 0);
                     self.send(Reply::error(&req, e.status(), e.to_string())).await;

@@ -27,6 +27,7 @@ use lru::LruCache;
 use parking_lot::Mutex;
 
 use super::arena::{Arena, PartialBuf, Slot, SlotMut};
+use super::metrics::add;
 use crate::wire::Status;
 
 /// A complete, visible object. Holding an `Arc<Object>` pins its memory.
@@ -100,10 +101,6 @@ struct Counters {
     evictions: AtomicU64,
     evicted_bytes: AtomicU64,
     partial_expired: AtomicU64,
-}
-
-fn bump(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
 }
 
 /// A snapshot of the counters the admin endpoints report.
@@ -214,8 +211,8 @@ impl Store {
             let victim = self.index.lock().objects.pop_lru();
             match victim {
                 Some((_, obj)) => {
-                    bump(&self.counters.evictions, 1);
-                    bump(&self.counters.evicted_bytes, obj.len());
+                    add(&self.counters.evictions, 1);
+                    add(&self.counters.evicted_bytes, obj.len());
                 }
                 None if !expired_partials => {
                     expired_partials = true;
@@ -242,7 +239,7 @@ impl Store {
     /// The object under `key`, pinned, promoted to most recently used.
     pub(crate) fn get(&self, key: &[u8]) -> Option<Arc<Object>> {
         let found = self.index.lock().objects.get(key).cloned();
-        bump(if found.is_some() { &self.counters.hits } else { &self.counters.misses }, 1);
+        add(if found.is_some() { &self.counters.hits } else { &self.counters.misses }, 1);
         found
     }
 
@@ -360,7 +357,7 @@ impl Store {
             });
         }
         if !dropped.is_empty() {
-            bump(&self.counters.partial_expired, dropped.len() as u64);
+            add(&self.counters.partial_expired, dropped.len() as u64);
         }
     }
 }
