@@ -906,13 +906,6 @@ impl ServerConfig {
             shutdown_grace,
         })
     }
-
-    /// Resolves from the process environment alone (plus `MEMKV_CONFIG`'s file).
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let explicit = BTreeMap::new();
-        let env = Sources::process_env();
-        Self::resolve(&Sources { explicit: &explicit, env: &env })
-    }
 }
 
 fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
