@@ -200,6 +200,14 @@ const P_PAYLOAD_MAC: Param = Param {
     help: "Authenticate every payload with a MAC too (untrusted networks; costs CPU).",
     role: Role::Client,
 };
+const P_IO_THREADS: Param = Param {
+    key: "io_threads",
+    env: "MEMKV_IO_THREADS",
+    default: Some("4"),
+    range: "1..=64",
+    help: "Threads of the I/O runtime the NIXL plugin runs transfers on (per backend instance).",
+    role: Role::Client,
+};
 const P_LISTEN: Param = Param {
     key: "listen",
     env: "MEMKV_LISTEN",
@@ -286,6 +294,7 @@ pub const PARAMS: &[Param] = &[
     P_OP_TIMEOUT_MS,
     P_NAMESPACE,
     P_PAYLOAD_MAC,
+    P_IO_THREADS,
     P_LISTEN,
     P_ADMIN_LISTEN,
     P_MEMORY,
@@ -694,6 +703,8 @@ pub struct ClientConfig {
     pub namespace: String,
     /// MAC every payload.
     pub payload_mac: bool,
+    /// Worker threads of the NIXL plugin's I/O runtime, 1..=64.
+    pub io_threads: usize,
 }
 
 /// Everything a node needs.
@@ -800,6 +811,7 @@ impl ClientConfig {
             checked.map(|()| s.to_string()).map_err(|e| format!("{e}; expected {}", P_NAMESPACE.range))
         })?;
         let payload_mac = r.parse_with(&P_PAYLOAD_MAC, parse_bool)?;
+        let io_threads = r.int(&P_IO_THREADS, 1, 64)? as usize;
         Ok(Self {
             servers,
             auth_key,
@@ -811,6 +823,7 @@ impl ClientConfig {
             op_timeout,
             namespace,
             payload_mac,
+            io_threads,
         })
     }
 

@@ -335,6 +335,17 @@ impl Client {
         self.inner.nodes.iter().filter(|n| n.check_down().is_err()).map(|n| n.addr.clone()).collect()
     }
 
+    /// The key namespace (empty for none).
+    pub fn namespace(&self) -> &str {
+        &self.inner.cfg.namespace
+    }
+
+    /// Checks that `key` can be stored (non-empty, within the key limit with the namespace)
+    /// without any I/O.
+    pub fn check_key(&self, key: &[u8]) -> Result<(), ClientError> {
+        self.wire_key(key).map(drop)
+    }
+
     fn wire_key(&self, key: &[u8]) -> Result<Vec<u8>, ClientError> {
         let ns = self.inner.cfg.namespace.as_bytes();
         let len = if ns.is_empty() { key.len() } else { ns.len() + 1 + key.len() };
@@ -425,6 +436,9 @@ impl Client {
                     op: op.name(),
                     after_ms: timeout.as_millis() as u64,
                 };
+                // Its connection is stuck too: close it, so that frames still queued behind a full
+                // socket are dropped instead of being sent (and read from the caller's buffers) later.
+                session.abort(&e.to_string());
                 node.mark_down(&e.to_string(), None);
                 Err(e)
             }

@@ -104,6 +104,8 @@ pub(crate) struct Session {
     pub(crate) node_id: String,
     /// The largest object the node accepts (from its handshake).
     pub(crate) max_object: u64,
+    /// The writer and reader tasks.
+    tasks: [tokio::task::AbortHandle; 2],
 }
 
 /// What a session needs to start.
@@ -197,9 +199,10 @@ impl Session {
             reason: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
-        tokio::spawn(write_loop(wr, keys.send, rx, payload_mac, Arc::clone(&shared)));
-        tokio::spawn(read_loop(rd, keys.recv, payload_mac, Arc::clone(&shared), p.pool.clone()));
-        Ok(Arc::new(Self { tx, shared, next_id: AtomicU64::new(1), node_id, max_object }))
+        let writer = tokio::spawn(write_loop(wr, keys.send, rx, payload_mac, Arc::clone(&shared)));
+        let reader = tokio::spawn(read_loop(rd, keys.recv, payload_mac, Arc::clone(&shared), p.pool.clone()));
+        let tasks = [writer.abort_handle(), reader.abort_handle()];
+        Ok(Arc::new(Self { tx, shared, next_id: AtomicU64::new(1), node_id, max_object, tasks }))
     }
 
     /// Whether the session can still carry requests.
@@ -207,6 +210,15 @@ impl Session {
         // A closed queue means the writer task is gone, also when the runtime that ran it was
         // dropped without the session noticing.
         self.shared.alive.load(Ordering::Acquire) && !self.tx.is_closed()
+    }
+
+    /// Closes the session at once: frames still queued are dropped unsent (so no payload is read
+    /// from its buffers afterwards) and every waiting caller gets `reason`.
+    pub(crate) fn abort(&self, reason: &str) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.shared.fail_all(reason);
     }
 
     /// Sends one request and waits for its answer. Cancellation-safe: dropping the future
