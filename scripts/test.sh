@@ -15,11 +15,14 @@ step "format"
 cargo fmt --all -- --check
 
 step "lints"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "build"
-cargo build --all-targets --locked
+cargo build --workspace --all-targets --locked
 
 step "tests"
-cargo test --all-targets --locked
-cargo test --doc --locked
+cargo test --workspace --all-targets --locked
+cargo test --workspace --doc --locked
+
+step "NIXL plugin inside the real NIXL (nixl-cu12 1.5.1, 1.4.1, 1.3.2)"
+scripts/test-nixl.sh

@@ -205,7 +205,7 @@ const P_IO_THREADS: Param = Param {
     env: "MEMKV_IO_THREADS",
     default: Some("4"),
     range: "1..=64",
-    help: "Threads of the I/O runtime the NIXL plugin runs transfers on (per backend instance).",
+    help: "Threads of the client's I/O runtime: the NIXL plugin's (per backend instance) and the `memkv` CLI's.",
     role: Role::Client,
 };
 const P_LISTEN: Param = Param {

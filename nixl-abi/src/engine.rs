@@ -5,12 +5,11 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use memkv::Client;
-use memkv::client::{ClientError, GetItem, PutItem};
+use memkv::client::{ClientError, GetItem, Loans, PutItem};
 use memkv::config::{ClientConfig, Sources};
 use memkv::wire::Status;
 use parking_lot::Mutex;
@@ -52,35 +51,8 @@ pub struct Request {
     /// A `nixl_status_t`: IN_PROG while a post runs, then its result.
     state: Arc<AtomicI32>,
     task: Mutex<Option<JoinHandle<()>>>,
-    /// Payloads that still point into the caller's memory (queued or being written).
-    borrows: Arc<AtomicUsize>,
-}
-
-/// A zero-copy view of caller memory handed to the client as a PUT payload. The request counts
-/// live views, so a request is never finished or freed while a queued frame can still read them.
-struct Borrowed {
-    ptr: *const u8,
-    len: usize,
-    live: Arc<AtomicUsize>,
-}
-
-// SAFETY: the memory is only read, and NIXL's contract keeps it valid and unchanged until the
-// request completes or is released, both of which wait for every view to be dropped.
-unsafe impl Send for Borrowed {}
-// SAFETY: as above; shared reads only.
-unsafe impl Sync for Borrowed {}
-
-impl AsRef<[u8]> for Borrowed {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: see the Send impl: the range stays valid while this view lives.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-}
-
-impl Drop for Borrowed {
-    fn drop(&mut self) {
-        self.live.fetch_sub(1, Ordering::AcqRel);
-    }
+    /// The client's views of the caller's memory (queued payloads, answers being received).
+    loans: Loans,
 }
 
 /// The engine behind one `create_backend("MEMKV", ...)`.
@@ -229,23 +201,24 @@ impl Engine {
             planned: Arc::new(Planned { keys, work }),
             state: Arc::new(AtomicI32::new(status::SUCCESS)),
             task: Mutex::new(None),
-            borrows: Arc::new(AtomicUsize::new(0)),
+            loans: Loans::new(),
         }))
     }
 
     /// postXfer: starts the request on the I/O runtime and returns IN_PROG.
     pub fn post(&self, req: &Request) -> i32 {
         let mut task = req.task.lock();
-        if task.as_ref().is_some_and(|t| !t.is_finished()) {
+        // The previous post is over once it stored its result (its task may still be returning).
+        if req.state.load(Ordering::Acquire) == status::IN_PROG && task.as_ref().is_some_and(|t| !t.is_finished()) {
             return status::ERR_REPOST_ACTIVE;
         }
         req.state.store(status::IN_PROG, Ordering::Release);
-        let (client, planned, state, borrows) =
-            (self.client.clone(), Arc::clone(&req.planned), Arc::clone(&req.state), Arc::clone(&req.borrows));
+        let (client, planned, state, loans) =
+            (self.client.clone(), Arc::clone(&req.planned), Arc::clone(&req.state), req.loans.clone());
         *task = Some(self.rt().spawn(async move {
-            let result = run(&client, &planned, &borrows).await;
-            // Done only when no queued frame can still read the caller's memory.
-            while borrows.load(Ordering::Acquire) > 0 {
+            let result = run(&client, &planned, &loans).await;
+            // Done only when the client holds no view of the caller's memory any more.
+            while loans.outstanding() > 0 {
                 tokio::time::sleep(POLL).await;
             }
             state.store(result, Ordering::Release);
@@ -268,17 +241,17 @@ impl Engine {
     pub fn release(&self, req: &Request) -> bool {
         if let Some(t) = req.task.lock().as_ref().filter(|t| !t.is_finished()) {
             t.abort();
-            // A READ may be copying into the caller's memory: wait for the task to stop.
             while !t.is_finished() {
                 std::thread::sleep(POLL);
             }
         }
+        // Frames may still be queued, or an answer still being received into the caller's memory.
         let deadline = Instant::now() + self.op_timeout;
-        while req.borrows.load(Ordering::Acquire) > 0 {
+        while req.loans.outstanding() > 0 {
             if Instant::now() > deadline {
                 tracing::error!(
-                    "MEMKV: cannot release the request yet: its data is still queued to a node that does not accept \
-                     it; release it again later"
+                    "MEMKV: cannot release the request yet: the connection still uses its memory (a node that stopped \
+                     reading or answering); release it again later"
                 );
                 return false;
             }
@@ -332,21 +305,21 @@ fn error_status(e: &ClientError) -> i32 {
     }
 }
 
-/// Runs one post of a request; the result is a `nixl_status_t`.
-async fn run(client: &Client, planned: &Planned, borrows: &Arc<AtomicUsize>) -> i32 {
+/// Runs one post of a request; the result is a `nixl_status_t`. Data moves between the caller's
+/// memory and the sockets without copies: payloads are views of it, answers are received into it.
+async fn run(client: &Client, planned: &Planned, loans: &Loans) -> i32 {
     match &planned.work {
         Work::Write(parts) => {
             let items: Vec<PutItem> = parts
                 .iter()
-                .map(|p| {
-                    borrows.fetch_add(1, Ordering::AcqRel);
-                    let view = Borrowed { ptr: p.src as *const u8, len: p.len as usize, live: Arc::clone(borrows) };
-                    PutItem {
-                        key: planned.keys[p.object].clone(),
-                        offset: p.offset,
-                        total: p.total,
-                        data: Bytes::from_owner(view),
-                    }
+                .map(|p| PutItem {
+                    key: planned.keys[p.object].clone(),
+                    offset: p.offset,
+                    total: p.total,
+                    // SAFETY: NIXL checked that the range lies in memory the caller registered,
+                    // and the caller keeps it unchanged until the request is complete or
+                    // released; both wait until `loans` has nothing outstanding.
+                    data: unsafe { loans.bytes(p.src as *const u8, p.len as usize) },
                 })
                 .collect();
             match client.put_batch(&items).await {
@@ -362,36 +335,19 @@ async fn run(client: &Client, planned: &Planned, borrows: &Arc<AtomicUsize>) -> 
                 .iter()
                 .map(|p| GetItem { key: planned.keys[p.object].clone(), offset: p.offset, length: p.len })
                 .collect();
-            let got = match client.get_batch(&items).await {
-                Ok(got) => got,
+            // SAFETY: as for writes; the caller does not touch the memory until the request is
+            // complete or released.
+            let targets = parts.iter().map(|p| unsafe { loans.target(p.dst as *mut u8, p.len as usize) }).collect();
+            match client.get_batch_into(&items, targets).await {
+                Ok(found) => match parts.iter().zip(found).find(|(_, f)| !f) {
+                    Some((p, _)) => missing(client, &planned.keys[p.object]),
+                    None => status::SUCCESS,
+                },
                 Err(e) => {
                     tracing::error!(objects = planned.keys.len(), "MEMKV: READ failed: {e}");
-                    return error_status(&e);
-                }
-            };
-            for (p, data) in parts.iter().zip(got) {
-                let key = &planned.keys[p.object];
-                let Some(data) = data else { return missing(client, key) };
-                if data.len() as u64 != p.len {
-                    tracing::error!(
-                        key = %String::from_utf8_lossy(key),
-                        "MEMKV: READ of {} bytes at offset {} returned {} bytes",
-                        p.len,
-                        p.offset,
-                        data.len()
-                    );
-                    return status::ERR_MISMATCH;
-                }
-                let mut at = 0usize;
-                for &(dst, len) in &p.dst {
-                    // SAFETY: NIXL checked that [dst, dst+len) lies inside memory the caller
-                    // registered, and the caller keeps it until the request completes or is
-                    // released (release waits for this task to stop).
-                    unsafe { std::ptr::copy_nonoverlapping(data[at..].as_ptr(), dst as *mut u8, len as usize) };
-                    at += len as usize;
+                    error_status(&e)
                 }
             }
-            status::SUCCESS
         }
     }
 }

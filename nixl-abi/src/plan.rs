@@ -7,8 +7,8 @@
 //!   gaps or overlaps (one descriptor per block, or one per layer of a block); the object becomes
 //!   visible atomically once every part has arrived. Parts adjacent both in the object and in
 //!   local memory are merged into one.
-//! * READ fetches ranges. Descriptors adjacent in the object are merged into one ranged read whose
-//!   bytes are scattered to their local destinations.
+//! * READ fetches ranges, received straight into local memory. Descriptors adjacent both in the
+//!   object and in local memory are merged into one ranged read.
 
 use std::collections::BTreeMap;
 
@@ -41,17 +41,17 @@ pub struct WritePart {
     pub len: u64,
 }
 
-/// One ranged read of `object`, scattered to local `(address, len)` pieces in object order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One ranged read: `len` bytes from `offset` of `object` to local address `dst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadPart {
     /// Which object of the request.
     pub object: usize,
     /// First byte inside the object.
     pub offset: u64,
-    /// Byte count (the sum of the pieces).
+    /// Byte count.
     pub len: u64,
-    /// Where the bytes go, in order.
-    pub dst: Vec<(u64, u64)>,
+    /// Local destination address.
+    pub dst: u64,
 }
 
 /// Why a request cannot be planned; the text names the object (by the caller's label) and the fix.
@@ -127,14 +127,8 @@ pub fn plan_read(pairs: &[Pair]) -> Result<Vec<ReadPart>, PlanError> {
         for p in parts {
             let same_object = out.len() > first;
             match out.last_mut() {
-                Some(r) if same_object && r.offset + r.len == p.offset => {
-                    r.len += p.len;
-                    match r.dst.last_mut() {
-                        Some(d) if d.0 + d.1 == p.local => d.1 += p.len,
-                        _ => r.dst.push((p.local, p.len)),
-                    }
-                }
-                _ => out.push(ReadPart { object, offset: p.offset, len: p.len, dst: vec![(p.local, p.len)] }),
+                Some(r) if same_object && r.offset + r.len == p.offset && r.dst + r.len == p.local => r.len += p.len,
+                _ => out.push(ReadPart { object, offset: p.offset, len: p.len, dst: p.local }),
             }
         }
     }
@@ -179,12 +173,12 @@ mod tests {
         let w = plan_write(&pairs, label).unwrap();
         assert_eq!(w, vec![WritePart { object: 0, offset: 0, total: 64 * chunk, src: 0x5000, len: 64 * chunk }]);
         let r = plan_read(&pairs).unwrap();
-        assert_eq!(r, vec![ReadPart { object: 0, offset: 0, len: 64 * chunk, dst: vec![(0x5000, 64 * chunk)] }]);
+        assert_eq!(r, vec![ReadPart { object: 0, offset: 0, len: 64 * chunk, dst: 0x5000 }]);
     }
 
     #[test]
     fn layer_separate_object_with_scattered_memory() {
-        // Layers live in separate per-layer buffers: parts in the object, one read scattered.
+        // Layers live in separate per-layer buffers: one part (and one read) per layer.
         let chunk = 4096;
         let pairs: Vec<Pair> =
             (0..4u64).map(|l| Pair { local: 0x10_0000 * (l + 1), len: chunk, object: 2, offset: l * chunk }).collect();
@@ -192,9 +186,8 @@ mod tests {
         assert_eq!(w.len(), 4);
         assert!(w.iter().all(|p| p.total == 4 * chunk));
         let r = plan_read(&pairs).unwrap();
-        assert_eq!(r.len(), 1);
-        assert_eq!(r[0].len, 4 * chunk);
-        assert_eq!(r[0].dst, pairs.iter().map(|p| (p.local, chunk)).collect::<Vec<_>>());
+        assert_eq!(r.len(), 4);
+        assert!(r.iter().zip(&pairs).all(|(r, p)| r.dst == p.local && r.offset == p.offset && r.len == chunk));
     }
 
     #[test]
@@ -279,19 +272,12 @@ mod tests {
             let r = plan_read(&pairs).unwrap();
             let mut got = BTreeMap::new();
             for p in &r {
-                prop_assert_eq!(p.len, p.dst.iter().map(|d| d.1).sum::<u64>());
-                let mut at = p.offset;
-                for &(addr, len) in &p.dst {
-                    for k in 0..len {
-                        prop_assert!(got.insert((p.object, at + k), addr + k).is_none());
-                    }
-                    at += len;
+                for k in 0..p.len {
+                    prop_assert!(got.insert((p.object, p.offset + k), p.dst + k).is_none());
                 }
             }
             prop_assert_eq!(&got, &expected);
-            // One read per object: its pieces are contiguous in the object.
-            let objects: std::collections::BTreeSet<usize> = pairs.iter().map(|p| p.object).collect();
-            prop_assert_eq!(r.len(), objects.len());
+            prop_assert_eq!(r.len(), w.len(), "reads merge exactly like writes");
         }
     }
 }

@@ -16,6 +16,7 @@
 //! ```
 
 mod bufpool;
+mod loans;
 mod routing;
 mod session;
 
@@ -35,8 +36,9 @@ use crate::wire::{
     MAX_META_LEN, Op, Status,
 };
 use bufpool::BufPool;
+pub use loans::{Loans, ReadTarget};
 use routing::Rendezvous;
-use session::{Incoming, Outgoing, Session, SessionError, SessionParams};
+use session::{Incoming, Outgoing, Session, SessionError, SessionParams, Targets};
 
 /// Idle receive buffers a client keeps for reuse (see `bufpool`).
 const RECV_POOL_BYTES: usize = 256 << 20;
@@ -410,6 +412,19 @@ impl Client {
         meta: Vec<u8>,
         payload: Vec<Bytes>,
     ) -> Result<Incoming, ClientError> {
+        self.call_into(idx, op, header, meta, payload, None).await
+    }
+
+    /// [`call`](Self::call), with the answer's payload read into `targets` where they fit.
+    async fn call_into(
+        &self,
+        idx: usize,
+        op: Op,
+        header: Header,
+        meta: Vec<u8>,
+        payload: Vec<Bytes>,
+        targets: Option<Targets>,
+    ) -> Result<Incoming, ClientError> {
         let node = &self.inner.nodes[idx];
         let session = self.session(node).await?;
         // Refuse locally what the node would refuse only by closing the connection (a frame over
@@ -427,7 +442,7 @@ impl Client {
             });
         }
         let timeout = self.inner.cfg.op_timeout;
-        match tokio::time::timeout(timeout, session.call(Outgoing { header, meta, payload })).await {
+        match tokio::time::timeout(timeout, session.call(Outgoing { header, meta, payload }, targets)).await {
             Err(_) => {
                 // A node that accepts but does not answer is treated like a down one, so that the
                 // next operations fail fast instead of each waiting for the timeout.
@@ -621,10 +636,42 @@ impl Client {
     /// Reads many objects or ranges: one GET_BATCH per node, all nodes in parallel. Absent keys
     /// and keys on unavailable nodes are `None`; other failures are errors.
     pub async fn get_batch(&self, items: &[GetItem]) -> Result<Vec<Option<Bytes>>, ClientError> {
+        let got = self.fetch_batch(items, None).await?;
+        Ok(got.into_iter().map(|g| g.and_then(|g| if let Got::Bytes(b) = g { Some(b) } else { None })).collect())
+    }
+
+    /// Like [`get_batch`](Self::get_batch), but entry `i`'s bytes are read from the socket
+    /// straight into `targets[i]` (no copy), which must be exactly `items[i].length` bytes.
+    /// Returns, per entry, whether it was found (and its target filled). The targets' loans end
+    /// when no task writes to them any more, also when this future is dropped early.
+    pub async fn get_batch_into(&self, items: &[GetItem], targets: Vec<ReadTarget>) -> Result<Vec<bool>, ClientError> {
+        if targets.len() != items.len() {
+            return Err(ClientError::Unsupported(format!("{} targets for {} entries", targets.len(), items.len())));
+        }
+        if let Some((it, t)) = items.iter().zip(&targets).find(|(it, t)| it.length == 0 || it.length != t.len() as u64)
+        {
+            return Err(ClientError::Unsupported(format!(
+                "a {}-byte read target for an entry of {} bytes (lengths must be equal and non-zero)",
+                t.len(),
+                it.length
+            )));
+        }
+        Ok(self.fetch_batch(items, Some(targets)).await?.into_iter().map(|g| g.is_some()).collect())
+    }
+
+    async fn fetch_batch(
+        &self,
+        items: &[GetItem],
+        targets: Option<Vec<ReadTarget>>,
+    ) -> Result<Vec<Option<Got>>, ClientError> {
         let wire: Vec<Vec<u8>> = items.iter().map(|it| self.wire_key(&it.key)).collect::<Result<_, _>>()?;
         let groups = self.group(&wire, |i| (wire[i].len() + 18, 0));
+        let mut targets: Vec<Option<ReadTarget>> = targets.into_iter().flatten().map(Some).collect();
         let calls = groups.into_iter().map(|(idx, members)| {
             let wire = &wire;
+            // The group's targets, in the order of its entries.
+            let group_targets: Option<Targets> = (!targets.is_empty())
+                .then(|| members.iter().map(|&i| targets[i].take().expect("each entry is in one group")).collect());
             async move {
                 let entries: Vec<BatchGetEntry<'_>> = members
                     .iter()
@@ -634,7 +681,7 @@ impl Client {
                 wire::encode_get_entries(&entries, &mut meta);
                 let mut h = Header::request(Op::GetBatch, 0);
                 h.count = entries.len() as u32;
-                let r = match self.call(idx, Op::GetBatch, h, meta, Vec::new()).await {
+                let r = match self.call_into(idx, Op::GetBatch, h, meta, Vec::new(), group_targets.clone()).await {
                     Ok(r) => r,
                     Err(e) if e.is_unavailable() => {
                         return Ok(members.into_iter().map(|i| (i, None)).collect::<Vec<_>>());
@@ -645,7 +692,7 @@ impl Client {
                     return Err(self.server_error(idx, Op::GetBatch, &r));
                 }
                 let node = || self.inner.nodes[idx].name.clone();
-                let answers = wire::decode_get_answers(&r.meta, r.header.count, r.payload.len() as u64)
+                let answers = wire::decode_get_answers(&r.meta, r.header.count, r.header.length)
                     .map_err(|e| ClientError::Protocol { node: node(), why: e.to_string() })?;
                 if answers.len() != members.len() {
                     return Err(ClientError::Protocol {
@@ -656,22 +703,30 @@ impl Client {
                 let mut out = Vec::with_capacity(members.len());
                 let mut at = 0usize;
                 let mut received = r.crcs.iter();
-                for (&i, a) in members.iter().zip(answers) {
+                for (pos, (&i, a)) in members.iter().zip(answers).enumerate() {
                     let key = || String::from_utf8_lossy(&items[i].key).into_owned();
-                    match a.status {
+                    let target = group_targets.as_ref().map(|t| &t[pos]);
+                    let got = match a.status {
                         Status::Ok => {
-                            let part = r.payload.slice(at..at + a.length as usize);
-                            at += a.length as usize;
                             // The session took one CRC per Ok entry while receiving.
                             if received.next() != Some(&a.crc) {
                                 return Err(ClientError::Checksum { node: node(), key: key() });
                             }
-                            out.push((i, Some(part)));
+                            if r.placed {
+                                Some(Got::Placed)
+                            } else {
+                                let part = r.payload.slice(at..at + a.length as usize);
+                                at += a.length as usize;
+                                Some(deliver(part, target, &node)?)
+                            }
                         }
-                        Status::NotFound => out.push((i, None)),
+                        Status::NotFound => None,
                         // Past the answer's payload budget: fetch on its own.
                         Status::PayloadTooLarge => {
-                            out.push((i, self.get_range(&items[i].key, items[i].offset, items[i].length).await?))
+                            match self.get_range(&items[i].key, items[i].offset, items[i].length).await? {
+                                Some(part) => Some(deliver(part, target, &node)?),
+                                None => None,
+                            }
                         }
                         s => {
                             return Err(ClientError::Server {
@@ -681,12 +736,14 @@ impl Client {
                                 message: format!("entry for key {:?}", key()),
                             });
                         }
-                    }
+                    };
+                    out.push((i, got));
                 }
                 Ok(out)
             }
         });
-        let mut out = vec![None; items.len()];
+        let calls: Vec<_> = calls.collect();
+        let mut out: Vec<Option<Got>> = (0..items.len()).map(|_| None).collect();
         for res in join_all(calls).await {
             for (i, v) in res? {
                 out[i] = v;
@@ -744,4 +801,28 @@ impl Client {
         }
         out
     }
+}
+
+/// One entry fetched by [`Client::fetch_batch`].
+enum Got {
+    /// The bytes, in a buffer of the client's.
+    Bytes(Bytes),
+    /// The bytes are in the caller's read target.
+    Placed,
+}
+
+/// Hands fetched bytes over: as they are, or copied into the entry's read target (the rare
+/// answers that could not be received in place).
+fn deliver(part: Bytes, target: Option<&ReadTarget>, node: &dyn Fn() -> String) -> Result<Got, ClientError> {
+    let Some(t) = target else { return Ok(Got::Bytes(part)) };
+    if part.len() != t.len() {
+        return Err(ClientError::Protocol {
+            node: node(),
+            why: format!("{} bytes answered for a {}-byte read", part.len(), t.len()),
+        });
+    }
+    // SAFETY: the target is lent to this request; its answer was not placed by the session, so
+    // nothing else writes to it.
+    unsafe { t.slice() }.copy_from_slice(&part);
+    Ok(Got::Placed)
 }

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::bufpool::BufPool;
+use super::loans::ReadTarget;
 use crate::auth::{self, AuthKey, DirectionMac, FEATURE_PAYLOAD_MAC, Hello, Role, SessionKeys};
 use crate::transport::tcp::{FrameError, FrameOut, FrameReader, SegmentCrcs, frame_prefix, write_frames};
 use crate::wire::{self, Flags, Header, Limits, MAC_LEN, MAX_META_LEN, Op, Status};
@@ -44,7 +45,13 @@ pub(crate) struct Incoming {
     /// CRC32C of the payload's segments, taken while receiving: one per Ok entry of a GET_BATCH
     /// answer, else one for the whole payload.
     pub(crate) crcs: Vec<u32>,
+    /// The payload went straight into the caller's [`ReadTarget`]s (and `payload` is empty).
+    pub(crate) placed: bool,
 }
+
+/// Caller memory for the answer to one request: one target per request entry (GET_BATCH) or
+/// one for a GET. Used only when every Ok entry's length equals its target's.
+pub(crate) type Targets = Arc<[ReadTarget]>;
 
 /// Why a session failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -59,8 +66,14 @@ pub(crate) enum SessionError {
 
 type Waiter = oneshot::Sender<Result<Incoming, SessionError>>;
 
+/// A caller waiting for its answer.
+struct Pending {
+    tx: Waiter,
+    targets: Option<Targets>,
+}
+
 struct Shared {
-    pending: Mutex<HashMap<u64, Waiter>>,
+    pending: Mutex<HashMap<u64, Pending>>,
     alive: AtomicBool,
     closed: Notify,
     reason: Mutex<Option<Arc<str>>>,
@@ -72,9 +85,9 @@ impl Shared {
         self.alive.store(false, Ordering::Release);
         self.reason.lock().get_or_insert_with(|| Arc::clone(&reason));
         self.closed.notify_waiters();
-        let waiters: Vec<Waiter> = self.pending.lock().drain().map(|(_, w)| w).collect();
+        let waiters: Vec<Pending> = self.pending.lock().drain().map(|(_, w)| w).collect();
         for w in waiters {
-            let _ = w.send(Err(SessionError::Closed(Arc::clone(&reason))));
+            let _ = w.tx.send(Err(SessionError::Closed(Arc::clone(&reason))));
         }
     }
 
@@ -221,16 +234,17 @@ impl Session {
         self.shared.fail_all(reason);
     }
 
-    /// Sends one request and waits for its answer. Cancellation-safe: dropping the future
-    /// abandons the answer without disturbing the stream.
-    pub(crate) async fn call(&self, mut req: Outgoing) -> Result<Incoming, SessionError> {
+    /// Sends one request and waits for its answer, whose payload goes into `targets` when given
+    /// and their lengths match. Cancellation-safe: dropping the future abandons the answer
+    /// without disturbing the stream, and the targets are released once no task writes to them.
+    pub(crate) async fn call(&self, mut req: Outgoing, targets: Option<Targets>) -> Result<Incoming, SessionError> {
         if !self.is_alive() {
             return Err(self.shared.closed_error());
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         req.header.request_id = id;
         let (tx, rx) = oneshot::channel();
-        self.shared.pending.lock().insert(id, tx);
+        self.shared.pending.lock().insert(id, Pending { tx, targets });
         let _guard = PendingGuard { shared: &self.shared, id };
         if self.tx.send(req).await.is_err() {
             return Err(self.shared.closed_error());
@@ -306,18 +320,29 @@ async fn read_loop<R: AsyncRead + Unpin>(
             break "node sent a frame that is not a valid answer".to_string();
         }
         // CRCs are taken as the bytes arrive: one per GET_BATCH entry, else one for the payload.
-        let segments: Vec<u64> = match (h.op(), h.status()) {
-            (Some(Op::GetBatch), Status::Ok) => wire::decode_get_answers(&f.meta, h.count, h.length)
-                .map(|a| a.iter().filter(|a| a.status == Status::Ok).map(|a| a.length).collect())
-                .unwrap_or_else(|_| vec![h.length]),
-            _ => vec![h.length],
+        let answers = match (h.op(), h.status()) {
+            (Some(Op::GetBatch), Status::Ok) => wire::decode_get_answers(&f.meta, h.count, h.length).ok(),
+            _ => None,
         };
-        let mut crcs = SegmentCrcs::new(&segments);
-        let mut buf = pool.take(h.length as usize);
-        if let Err(e) = rd.read_append(&mut buf, h.length, &mut crcs).await {
-            break format!("connection lost while reading an answer: {e}");
-        }
-        let crcs = crcs.finish();
+        let segments: Vec<u64> = match &answers {
+            Some(a) => a.iter().filter(|a| a.status == Status::Ok).map(|a| a.length).collect(),
+            None => vec![h.length],
+        };
+        let targets = shared.pending.lock().get(&h.request_id).and_then(|p| p.targets.clone());
+        let placement = targets.and_then(|t| place(&h, answers.as_deref(), t));
+        let mut buf = Vec::new();
+        let received = match &placement {
+            Some((targets, order)) => read_placed(&mut rd, targets, order).await,
+            None => {
+                let mut crcs = SegmentCrcs::new(&segments);
+                buf = pool.take(h.length as usize);
+                rd.read_append(&mut buf, h.length, &mut crcs).await.map(|()| crcs.finish())
+            }
+        };
+        let crcs = match received {
+            Ok(c) => c,
+            Err(e) => break format!("connection lost while reading an answer: {e}"),
+        };
         let payload = pool.freeze(buf);
         if with_trailer {
             let mut tag = [0u8; MAC_LEN];
@@ -325,7 +350,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 break format!("connection lost while reading an answer: {e}");
             }
             let mut p = mac.payload_mac(&f.mac);
-            p.update(&payload);
+            match &placement {
+                // SAFETY: this task is the only one that touches the targets of this answer.
+                Some((targets, order)) => order.iter().for_each(|&j| p.update(unsafe { targets[j].slice() })),
+                None => p.update(&payload),
+            }
             if p.verify(&tag).is_err() {
                 break "answer payload failed its MAC: altered in transit; closing the session".to_string();
             }
@@ -336,8 +365,41 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
         let waiter = shared.pending.lock().remove(&h.request_id);
         if let Some(w) = waiter {
-            let _ = w.send(Ok(Incoming { header: h, meta: f.meta, payload, crcs }));
+            let placed = placement.is_some();
+            let _ = w.tx.send(Ok(Incoming { header: h, meta: f.meta, payload, crcs, placed }));
         }
     };
     shared.fail_all(&reason);
+}
+
+/// Which targets an Ok answer's payload segments go to, in payload order: every segment must
+/// exactly fill the target of its request entry. None: read into a pooled buffer instead.
+fn place(h: &Header, answers: Option<&[wire::BatchGetAnswer]>, targets: Targets) -> Option<(Targets, Vec<usize>)> {
+    if h.status() != Status::Ok {
+        return None;
+    }
+    let order: Vec<usize> = match (h.op(), answers) {
+        (Some(Op::Get), _) if targets.len() == 1 && targets[0].len() as u64 == h.length => vec![0],
+        (Some(Op::GetBatch), Some(a)) if a.len() == targets.len() => {
+            let ok: Vec<usize> = (0..a.len()).filter(|&j| a[j].status == Status::Ok).collect();
+            ok.iter().all(|&j| targets[j].len() as u64 == a[j].length).then_some(ok)?
+        }
+        _ => return None,
+    };
+    Some((targets, order))
+}
+
+/// Reads an answer's payload segments into their targets; returns their CRC32Cs.
+async fn read_placed<R: AsyncRead + Unpin>(
+    rd: &mut FrameReader<R>,
+    targets: &Targets,
+    order: &[usize],
+) -> std::io::Result<Vec<u32>> {
+    let mut crcs = Vec::with_capacity(order.len());
+    for &j in order {
+        // SAFETY: the targets are lent to this request alone, and this reader task is the only
+        // code that writes answers into them.
+        crcs.push(rd.read_into_crc(unsafe { targets[j].slice() }).await?);
+    }
+    Ok(crcs)
 }

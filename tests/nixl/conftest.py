@@ -5,9 +5,12 @@ libplugin_MEMKV.so found through NIXL_PLUGIN_DIR.
 Binaries come from MEMKV_BIN_DIR (default: target/release); scripts/test-nixl.sh builds them.
 """
 
+import contextlib
 import importlib.util
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -27,7 +30,9 @@ if importlib.util.find_spec("torch") is None:
 
 from nixl_cu12._api import nixl_agent, nixl_agent_config  # noqa: E402
 
+KIB = 1 << 10
 MIB = 1 << 20
+WORKER = Path(__file__).parent / "worker.py"
 READY = re.compile(r"memkv-server ready data=(\S+) admin=(\S+)")
 
 
@@ -46,6 +51,15 @@ def creds(tmp_path_factory):
     lic.write_text(run("license", "issue", "--signing-key", str(signing), "--licensee", "nixl-tests", "--days", "1"))
     key = run("keygen").strip()
     return {"MEMKV_AUTH_KEY": key, "MEMKV_LICENSE": str(lic), "MEMKV_LICENSE_PUBKEY": pub, "_signing": str(signing)}
+
+
+@pytest.fixture(autouse=True)
+def no_memkv_env(monkeypatch):
+    """Every test starts without MEMKV_* variables, so only the params it passes configure the
+    plugin (the plugin also reads the process environment)."""
+    for k in list(os.environ):
+        if k.startswith("MEMKV_"):
+            monkeypatch.delenv(k)
 
 
 class Node:
@@ -76,8 +90,17 @@ class Node:
         self.proc.kill()
         self.proc.wait(10)
 
+    def pause(self):
+        """Freezes the node (SIGSTOP): its connections stay open but nothing answers."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
     def stop(self):
         if self.proc.poll() is None:
+            self.resume()
             self.proc.terminate()
             try:
                 self.proc.wait(10)
@@ -147,32 +170,113 @@ def buffer(nbytes, seed=None):
     """Page-aligned-enough host memory as a numpy array, random bytes when seed is given."""
     if seed is None:
         return np.zeros(nbytes, dtype=np.uint8)
-    return np.random.default_rng(seed).integers(0, 256, nbytes, dtype=np.uint8)
+    return np.frombuffer(np.random.default_rng(seed).bytes(nbytes), dtype=np.uint8).copy()
+
+
+def error_text(e):
+    """"<ExceptionType>:<message>" for a NIXL failure (message may be empty)."""
+    return f"{type(e).__name__}:{e}"
 
 
 def wait(agent, handle, timeout=30.0):
-    """Polls a posted transfer to its end; returns "DONE" or "ERR:<exception or state>"."""
+    """Posts a transfer and polls it to its end; returns "DONE", "TIMEOUT" or "ERR:<why>"
+    (nixl >= 1.5 raises nixl*Error for negative statuses, older versions may answer "ERR")."""
     deadline = time.monotonic() + timeout
     try:
         state = agent.transfer(handle)
         while state == "PROC":
             if time.monotonic() > deadline:
                 return "TIMEOUT"
+            time.sleep(0.0005)
             state = agent.check_xfer_state(handle)
-    except Exception as e:  # nixl >= 1.5 raises nixl*Error for negative statuses
-        return f"ERR:{type(e).__name__}"
+    except Exception as e:
+        return f"ERR:{error_text(e)}"
     return state if state == "DONE" else f"ERR:{state}"
 
 
 def transfer(agent, op, local, remote, timeout=30.0):
-    """One request: local [(addr, len)] DRAM pieces to/from remote [(offset, len, devId)] objects."""
-    h = agent.initialize_xfer(
-        op,
-        agent.get_xfer_descs([(a, n, 0) for a, n in local], "DRAM"),
-        agent.get_xfer_descs(list(remote), "OBJ"),
-        agent.name,
-    )
+    """One request: local [(addr, len)] DRAM pieces to/from remote [(offset, len, devId)] objects.
+    Returns "DONE", "TIMEOUT" or "ERR:<why>"; a request NIXL or the plugin refuses to create
+    (initialize_xfer fails) is "ERR:init:<why>"."""
+    try:
+        h = agent.initialize_xfer(
+            op,
+            agent.get_xfer_descs([(a, n, 0) for a, n in local], "DRAM"),
+            agent.get_xfer_descs(list(remote), "OBJ"),
+            agent.name,
+        )
+    except Exception as e:
+        return f"ERR:init:{error_text(e)}"
     try:
         return wait(agent, h, timeout)
     finally:
         agent.release_xfer_handle(h)
+
+
+def addr(arr, offset=0):
+    """Address of byte `offset` of a numpy array."""
+    return arr.ctypes.data + offset
+
+
+def dev_ids(seed, n):
+    """n distinct random 64-bit devIds (sequence-hash-like); the first is always >= 2**63."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        v = int(rng.integers(0, 2**64, dtype=np.uint64))
+        if not out:
+            v |= 1 << 63
+        if v not in out:
+            out.append(v)
+    return out
+
+
+@contextlib.contextmanager
+def registered(agent, descs, mem="OBJ"):
+    """Registers [(addr, len, devId, metaInfo)] with MEMKV for the block, then deregisters them."""
+    reg = agent.register_memory(list(descs), mem, backends=["MEMKV"])
+    try:
+        yield reg
+    finally:
+        agent.deregister_memory(reg, backends=["MEMKV"])
+
+
+def register_dram(agent, *arrays):
+    """Registers numpy arrays as DRAM with MEMKV (kept until the agent goes)."""
+    return agent.register_memory([(addr(a), a.nbytes, 0, "") for a in arrays], "DRAM", backends=["MEMKV"])
+
+
+def write_objects(agent, src, objects):
+    """WRITE whole objects in one request: objects = [(devId, src_offset, size)], each object's
+    bytes taken from src[src_offset:src_offset+size]; registers/deregisters the OBJ descs."""
+    with registered(agent, [(0, n, d, "") for d, _, n in objects]):
+        return transfer(agent, "WRITE", [(addr(src, o), n) for _, o, n in objects], [(0, n, d) for d, _, n in objects])
+
+
+def read_objects(agent, dst, objects):
+    """READ whole objects in one request into dst (same shape as write_objects)."""
+    with registered(agent, [(0, n, d, "") for d, _, n in objects]):
+        return transfer(agent, "READ", [(addr(dst, o), n) for _, o, n in objects], [(0, n, d) for d, _, n in objects])
+
+
+def worker_env(extra=None):
+    """Environment for a worker subprocess: this one without MEMKV_*, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMKV_")}
+    env.update(extra or {})
+    return env
+
+
+def run_worker(job, env=None, timeout=60):
+    """Runs worker.py (a separate process with its own NIXL agent) on the JSON `job` with this
+    interpreter; returns its JSON answer. Fails the test with the worker's output otherwise."""
+    p = subprocess.run(
+        [sys.executable, str(WORKER), json.dumps(job)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=worker_env() if env is None else env,
+    )
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        pytest.fail(f"worker {job.get('op')} exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr[-4000:]}")
+    return json.loads(lines[-1])

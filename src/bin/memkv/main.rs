@@ -61,6 +61,9 @@ struct ConnArgs {
     /// Per-operation timeout [env: MEMKV_OP_TIMEOUT_MS] [default: 10000]
     #[arg(long, global = true, value_name = "MS")]
     op_timeout_ms: Option<String>,
+    /// Threads of this command's I/O runtime [env: MEMKV_IO_THREADS] [default: 4]
+    #[arg(long, global = true, value_name = "N")]
+    io_threads: Option<String>,
     /// YAML or TOML config file [env: MEMKV_CONFIG]
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<String>,
@@ -82,6 +85,7 @@ impl ConnArgs {
             ("num_connections", &self.num_connections),
             ("connect_timeout_ms", &self.connect_timeout_ms),
             ("payload_mac", &self.payload_mac.then(|| "true".to_string())),
+            ("io_threads", &self.io_threads),
             ("config", &self.config),
         ]
         .into_iter()
@@ -153,7 +157,13 @@ fn main() -> ExitCode {
     } else {
         logging::init(LogFormat::Text, "warn");
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // Commands that talk to a cluster run on MEMKV_IO_THREADS threads; an invalid value is
+    // reported by the command itself.
+    if let Ok(cfg) = cli.conn.client_config(&[]) {
+        rt.worker_threads(cfg.io_threads);
+    }
+    let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("memkv: cannot start the async runtime: {e}");
