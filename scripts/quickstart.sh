@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The MemKV main job on one machine: build, start a local 2-node cluster on 127.0.0.1 and
-# 127.0.0.2 with a fresh dev cluster key and a dev license, push and pull blocks, show the
-# cluster status, run the benchmark table, and stop the nodes.
+# The MemKV main job on one machine: build the node, the CLI and the NIXL plugin
+# (libplugin_MEMKV.so), start a local 2-node cluster on 127.0.0.1 and 127.0.0.2 with a fresh dev
+# cluster key and a dev license, offload and onboard KV blocks through the real NIXL agent
+# (nixl-cu12 wheel, installed into .venv/ on first run) and our plugin, push and pull blocks with
+# the CLI, show the cluster status, run the benchmark table, and stop the nodes.
 #
 # Everything it makes lives in .memkv-run/ (git-ignored). Ports: 9900 (data) and 9901 (admin)
 # on each address, as in production; override with MEMKV_QUICKSTART_PORT.
@@ -15,9 +17,13 @@ mkdir -p "$run"
 
 say() { printf '\n== %s\n' "$*"; }
 
-say "building (release)"
+say "building (release): memkv-server, memkv, libplugin_MEMKV.so"
 cargo build --release --quiet --bin memkv --bin memkv-server
+cargo build --release --quiet -p memkv-nixl
 bin=$root/target/release
+
+say "NIXL: nixl-cu12 1.5.1 in .venv/nixl-1.5.1 (first run downloads the wheel)"
+py=$(scripts/nixl-venv.sh 1.5.1)
 
 say "dev credentials in $run"
 if [ ! -f "$run/dev-signing.key" ]; then
@@ -58,7 +64,11 @@ for ip in 127.0.0.1 127.0.0.2; do
   cat "$run/node-$ip.out"
 done
 
-say "push and pull blocks"
+say "KV blocks through NIXL: KVBM-shaped offload (WRITE) and onboard (READ), 16 x 2 MiB per request"
+NIXL_PLUGIN_DIR=$bin "$py" benches/nixl_kv.py --size 2MiB --batch 16 --handles 4 --duration 3 \
+  --namespace quickstart 2> "$run/nixl.log" || { cat "$run/nixl.log"; exit 1; }
+
+say "push and pull blocks with the CLI"
 head -c $((2 * 1024 * 1024)) /dev/urandom > "$run/block.bin"
 for i in 1 2 3 4; do "$bin/memkv" put "quickstart/block-$i" "$run/block.bin"; done
 "$bin/memkv" get quickstart/block-3 "$run/block.back"
