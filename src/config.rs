@@ -424,6 +424,21 @@ pub enum ConfigError {
         /// Every valid key, comma-separated.
         valid: String,
     },
+    /// An explicit value for a setting this component does not read (a node setting given as a
+    /// plugin param): almost certainly a mistake, so it is refused rather than ignored.
+    #[error(
+        "`{key}` ({env}) is {} setting, which {} does not read; remove it from the command line / plugin params",
+        if *reader == Role::Client { "a memkv-server" } else { "a client" },
+        if *reader == Role::Client { "a client (the memkv CLI, the NIXL plugin)" } else { "memkv-server" }
+    )]
+    NotRead {
+        /// The key as given.
+        key: String,
+        /// The setting's env name.
+        env: &'static str,
+        /// The component that resolved the settings.
+        reader: Role,
+    },
     /// One setting given twice among the explicit values, with different values.
     #[error(
         "{env} is given twice (from the command line / plugin params) with different values: {given}; give it once"
@@ -738,8 +753,9 @@ pub struct ServerConfig {
 
 /// Where values come from. `explicit` keys may be given as the param key (`"num_connections"`)
 /// or the env name (`"MEMKV_NUM_CONNECTIONS"`), case-insensitive (`-` may stand for `_`); an
-/// unknown explicit key is an error listing the valid keys. Keys of settings the resolving
-/// component does not read (a node setting given to a client) are ignored.
+/// unknown explicit key is an error listing the valid keys, and so is an explicit value for a
+/// setting the resolving component does not read (a node setting given to a client). In a config
+/// file such keys are ignored, so that one file can serve nodes and clients.
 pub struct Sources<'a> {
     /// CLI flags / plugin params; highest precedence.
     pub explicit: &'a BTreeMap<String, String>,
@@ -1061,6 +1077,9 @@ impl<'a> Resolver<'a> {
                 return Err(unknown_key(k, Origin::Explicit));
             };
             let Some(v) = non_empty(v) else { continue };
+            if !p.role.read_by(role) {
+                return Err(ConfigError::NotRead { key: k.clone(), env: p.env, reader: role });
+            }
             if let Some((first, first_value)) = explicit.get(p.key) {
                 if *first_value != v {
                     let shown = |v: &str| Val::One(v.to_string()).shown(p);
@@ -1401,6 +1420,22 @@ mod tests {
     }
 
     #[test]
+    fn explicit_values_for_the_other_component_are_refused() {
+        let e = client(&[("memory", "1GiB")], CLIENT_BASE).unwrap_err();
+        assert!(matches!(e, ConfigError::NotRead { reader: Role::Client, .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "`memory` (MEMKV_MEMORY) is a memkv-server setting, which a client (the memkv CLI, the NIXL plugin) does \
+             not read; remove it from the command line / plugin params"
+        );
+        assert!(client(&[("MEMKV_NODE_ID", "n1")], CLIENT_BASE).unwrap_err().to_string().contains("MEMKV_NODE_ID"));
+        let e = server(&[("servers", "a:1")], SERVER_BASE).unwrap_err();
+        assert!(e.to_string().starts_with("`servers` (MEMKV_SERVERS) is a client setting, which memkv-server"), "{e}");
+        // An empty value is no value: nothing to refuse.
+        assert!(server(&[("servers", "")], SERVER_BASE).is_ok());
+    }
+
+    #[test]
     fn unknown_explicit_key_is_rejected_listing_the_valid_keys() {
         let e = client(&[("num_conections", "4")], CLIENT_BASE).unwrap_err();
         assert!(matches!(e, ConfigError::UnknownKey { .. }), "{e:?}");
@@ -1412,14 +1447,6 @@ mod tests {
             assert!(m.contains(p.key), "{m} lacks {}", p.key);
         }
         assert!(server(&[("bogus", "1")], SERVER_BASE).is_err());
-    }
-
-    #[test]
-    fn explicit_settings_of_the_other_role_are_ignored() {
-        let c = client(&[("memory", "not a size")], CLIENT_BASE).unwrap();
-        assert_eq!(c.servers.len(), 1);
-        let s = server(&[("servers", "")], SERVER_BASE).unwrap();
-        assert_eq!(s.listen.port(), 9900);
     }
 
     #[test]
