@@ -178,7 +178,7 @@ def error_text(e):
     return f"{type(e).__name__}:{e}"
 
 
-def wait(agent, handle, timeout=30.0):
+def wait(agent, handle, timeout=15.0):
     """Posts a transfer and polls it to its end; returns "DONE", "TIMEOUT" or "ERR:<why>"
     (nixl >= 1.5 raises nixl*Error for negative statuses, older versions may answer "ERR")."""
     deadline = time.monotonic() + timeout
@@ -194,7 +194,7 @@ def wait(agent, handle, timeout=30.0):
     return state if state == "DONE" else f"ERR:{state}"
 
 
-def transfer(agent, op, local, remote, timeout=30.0):
+def transfer(agent, op, local, remote, timeout=15.0):
     """One request: local [(addr, len)] DRAM pieces to/from remote [(offset, len, devId)] objects.
     Returns "DONE", "TIMEOUT" or "ERR:<why>"; a request NIXL or the plugin refuses to create
     (initialize_xfer fails) is "ERR:init:<why>"."""
@@ -266,7 +266,7 @@ def worker_env(extra=None):
     return env
 
 
-def run_worker(job, env=None, timeout=60):
+def run_worker(job, env=None, timeout=30):
     """Runs worker.py (a separate process with its own NIXL agent) on the JSON `job` with this
     interpreter; returns its JSON answer. Fails the test with the worker's output otherwise."""
     p = subprocess.run(

@@ -14,6 +14,7 @@ from conftest import (
     addr,
     buffer,
     dev_ids,
+    error_text,
     make_agent,
     read_objects,
     register_dram,
@@ -68,7 +69,9 @@ def test_node_killed_mid_batch(cluster):
             assert np.array_equal(region, src[i * size : (i + 1) * size]), f"block {i}"
             alive.append(i)
         else:
-            assert state.startswith("ERR"), state
+            # The node is down, which is not "absent": NIXL_ERR_BACKEND, not NIXL_ERR_NOT_FOUND.
+            assert state.startswith("ERR") and "NotFound" not in state, state
+            assert "Backend" in state or state == "ERR:ERR", state
             assert not region.any(), f"failed block {i} wrote into its destination"
             dead.append(i)
     assert alive and dead, f"blocks on the live node {alive}, on the dead one {dead}"
@@ -85,6 +88,56 @@ def test_node_killed_mid_batch(cluster):
             assert np.array_equal(dst[:size], more[o : o + s])
             written += 1
     assert 0 < written < n
+
+
+def test_node_killed_while_a_batch_is_in_flight(cluster):
+    """The batch is certainly in flight when its node dies: the node is frozen (SIGSTOP) when the
+    requests are posted, then killed. Both requests end with a NIXL error at once (the connection
+    drops; no waiting for op_timeout_ms), and no destination region holds wrong bytes."""
+    n, size = 16, 2 * MIB
+    agent = make_agent(cluster.params(namespace="inflight", op_timeout_ms=20000))
+    src, dst, more = buffer(n * size, seed=1161), buffer(n * size), buffer(n * size, seed=1162)
+    register_dram(agent, src, dst, more)
+    old = [(d, i * size, size) for i, d in enumerate(dev_ids(1161, n))]
+    new = [(d, i * size, size) for i, d in enumerate(dev_ids(1162, n))]
+    assert write_objects(agent, src, old) == "DONE"
+    assert read_objects(agent, dst, old) == "DONE"  # connections to both nodes are open
+    dst[:] = 0
+
+    def request(op, buf, objects):
+        return agent.initialize_xfer(
+            op,
+            agent.get_xfer_descs([(addr(buf, o), k, 0) for _, o, k in objects], "DRAM"),
+            agent.get_xfer_descs([(0, k, d) for d, _, k in objects], "OBJ"),
+            agent.name,
+        )
+
+    with registered(agent, [(0, size, d, "") for d, _, _ in old + new]):
+        handles = [request("READ", dst, old), request("WRITE", more, new)]
+        victim = cluster.nodes[1]
+        victim.pause()
+        assert [agent.transfer(h) for h in handles] == ["PROC", "PROC"]
+        time.sleep(0.2)
+        assert [agent.check_xfer_state(h) for h in handles] == ["PROC", "PROC"], "blocked on the frozen node"
+        victim.kill()
+        t = time.monotonic()
+        states = []
+        for h in handles:
+            try:
+                state = agent.check_xfer_state(h)
+                while state == "PROC" and time.monotonic() - t < 10:
+                    time.sleep(0.001)
+                    state = agent.check_xfer_state(h)
+            except Exception as e:
+                state = f"ERR:{error_text(e)}"
+            states.append(state)
+            agent.release_xfer_handle(h)
+        elapsed = time.monotonic() - t
+    assert all(s.startswith("ERR") for s in states), states
+    assert elapsed < 5, f"the requests took {elapsed:.1f}s to fail after the kill (op timeout 20 s)"
+    for i in range(n):
+        region = dst[i * size : (i + 1) * size]
+        assert not region.any() or np.array_equal(region, src[i * size : (i + 1) * size]), f"block {i}"
 
 
 def test_frozen_node_times_out_and_recovers(cluster):
@@ -113,10 +166,16 @@ def test_frozen_node_times_out_and_recovers(cluster):
         more = buffer(n * size, seed=1152)
         register_dram(agent, more)
         t = time.monotonic()
-        assert write_objects(agent, more, [(d, i * size, size) for i, d in enumerate(dev_ids(1152, n))]).startswith("ERR")
+        new_objects = [(d, i * size, size) for i, d in enumerate(dev_ids(1152, n))]
+        assert write_objects(agent, more, new_objects).startswith("ERR")
         assert time.monotonic() - t < 6
+        dst[:] = 0xA5
     finally:
         node.resume()
+    # The node now answers the READ that timed out; none of that may land in the caller's memory
+    # (reads are received straight into it, so the timed-out session must be gone).
+    time.sleep(0.3)
+    assert (dst == 0xA5).all(), "a timed-out READ wrote into the caller's memory after it failed"
 
     deadline = time.monotonic() + 10
     while True:
@@ -143,7 +202,8 @@ def expect_create_failure(capfd, params, *needles):
 
 
 def test_missing_license(cluster, tmp_path, capfd):
-    expect_create_failure(capfd, cluster.params(license=str(tmp_path / "absent.license")), "MEMKV_LICENSE", "absent.license")
+    absent = str(tmp_path / "absent.license")
+    expect_create_failure(capfd, cluster.params(license=absent), "MEMKV_LICENSE", "absent.license")
     expect_create_failure(capfd, cluster.params(license=""), "MEMKV_LICENSE")
 
 
@@ -214,9 +274,12 @@ def test_write_with_a_gap_fails(cluster, capfd):
         # Nothing became visible.
         assert agent.query_memory([(0, 1, dev, "")], "MEMKV", "OBJ") == [None]
         # Two pieces that overlap are refused as well; two that tile the object are fine.
-        assert transfer(agent, "WRITE", [(addr(src), 4096), (addr(src, 2048), 4096)], [(0, 4096, dev), (2048, 4096, dev)]).startswith("ERR")
+        local = [(addr(src), 4096), (addr(src, 2048), 4096)]
+        overlap = transfer(agent, "WRITE", local, [(0, 4096, dev), (2048, 4096, dev)])
+        assert overlap.startswith("ERR"), overlap
         assert agent.query_memory([(0, 1, dev, "")], "MEMKV", "OBJ") == [None]
-        assert transfer(agent, "WRITE", [(addr(src, 4096), 4096), (addr(src), 4096)], [(4096, 4096, dev), (0, 4096, dev)]) == "DONE"
+        local = [(addr(src, 4096), 4096), (addr(src), 4096)]
+        assert transfer(agent, "WRITE", local, [(4096, 4096, dev), (0, 4096, dev)]) == "DONE"
         assert agent.query_memory([(0, 1, dev, "")], "MEMKV", "OBJ") == [{"size": "8192"}]
 
 
@@ -263,7 +326,10 @@ def test_repost_after_error_and_while_active(cluster):
     (dev,) = dev_ids(1601, 1)
     with registered(agent, [(0, size, dev, "")]):
         get = agent.initialize_xfer(
-            "READ", agent.get_xfer_descs([(addr(dst), size, 0)], "DRAM"), agent.get_xfer_descs([(0, size, dev)], "OBJ"), agent.name
+            "READ",
+            agent.get_xfer_descs([(addr(dst), size, 0)], "DRAM"),
+            agent.get_xfer_descs([(0, size, dev)], "OBJ"),
+            agent.name,
         )
         try:
             assert wait(agent, get).startswith("ERR")
@@ -304,3 +370,21 @@ def test_key_length_limit(cluster, capfd):
     with pytest.raises(Exception):
         agent.register_memory([(0, 4096, 18, longest + "k")], "OBJ", backends=["MEMKV"])
     assert "cannot register OBJ_SEG" in capfd.readouterr().err
+
+
+def test_notification_is_refused(cluster):
+    """MEMKV sends no notifications: a request that asks for one cannot be created."""
+    agent = make_agent(cluster.params())
+    src = buffer(4096, seed=1801)
+    register_dram(agent, src)
+    (dev,) = dev_ids(1801, 1)
+    with registered(agent, [(0, 4096, dev, "")]):
+        with pytest.raises(Exception):
+            agent.initialize_xfer(
+                "WRITE",
+                agent.get_xfer_descs([(addr(src), 4096, 0)], "DRAM"),
+                agent.get_xfer_descs([(0, 4096, dev)], "OBJ"),
+                agent.name,
+                b"done",
+            )
+        assert agent.query_memory([(0, 1, dev, "")], "MEMKV", "OBJ") == [None]

@@ -106,12 +106,10 @@ def test_prepped_request_reposted(cluster):
     ids = dev_ids(21, n)
     with registered(agent, [(0, size, d, "") for d in ids]):
         remote = agent.get_xfer_descs([(0, size, d) for d in ids], "OBJ")
-        put = agent.initialize_xfer(
-            "WRITE", agent.get_xfer_descs([(addr(src, i * size), size, 0) for i in range(n)], "DRAM"), remote, agent.name
-        )
-        get = agent.initialize_xfer(
-            "READ", agent.get_xfer_descs([(addr(dst, i * size), size, 0) for i in range(n)], "DRAM"), remote, agent.name
-        )
+        src_descs = agent.get_xfer_descs([(addr(src, i * size), size, 0) for i in range(n)], "DRAM")
+        dst_descs = agent.get_xfer_descs([(addr(dst, i * size), size, 0) for i in range(n)], "DRAM")
+        put = agent.initialize_xfer("WRITE", src_descs, remote, agent.name)
+        get = agent.initialize_xfer("READ", dst_descs, remote, agent.name)
         try:
             assert wait(agent, put) == "DONE"
             assert wait(agent, get) == "DONE"
@@ -171,40 +169,90 @@ def test_make_prepped_xfer_by_index(cluster):
         assert np.array_equal(slot(dst, n - 1 - obj), slot(src, holder[obj])), f"object {obj}"
 
 
-def test_release_while_in_progress(cluster):
-    """Releasing a handle whose transfer is still running aborts it; the agent keeps working."""
-    agent = make_agent(cluster.params())
-    src, dst = buffer(BLOCKS * BLOCK, seed=41), buffer(BLOCKS * BLOCK)
-    register_dram(agent, src, dst)
-    ids = dev_ids(41, BLOCKS)
-    objs = [(0, BLOCK, d, "") for d in ids]
-    remote = [(0, BLOCK, d) for d in ids]
-    with registered(agent, objs):
-        assert transfer(agent, "WRITE", [(addr(src, i * BLOCK), BLOCK) for i in range(BLOCKS)], remote) == "DONE"
-        for op, buf in (("READ", dst), ("WRITE", src), ("READ", dst)):
-            h = agent.initialize_xfer(
-                op,
-                agent.get_xfer_descs([(addr(buf, i * BLOCK), BLOCK, 0) for i in range(BLOCKS)], "DRAM"),
-                agent.get_xfer_descs(remote, "OBJ"),
-                agent.name,
-            )
-            assert agent.transfer(h) == "PROC"
-            agent.release_xfer_handle(h)  # still in progress: 32 MiB cannot have moved yet
+def post(agent, op, local, remote):
+    """initialize_xfer + transfer; returns the handle of the running request."""
+    h = agent.initialize_xfer(
+        op,
+        agent.get_xfer_descs([(a, n, 0) for a, n in local], "DRAM"),
+        agent.get_xfer_descs(list(remote), "OBJ"),
+        agent.name,
+    )
+    assert agent.transfer(h) == "PROC"
+    return h
 
-        # Still usable: a fresh READ of everything returns the right bytes.
+
+def test_release_while_in_progress(cluster):
+    """Releasing a handle whose transfer is still running aborts it: once release returns, the
+    request no longer touches the caller's memory, objects hold one whole version, and the agent
+    keeps working."""
+    agent = make_agent(cluster.params())
+    old, new, dst = buffer(BLOCKS * BLOCK, seed=41), buffer(BLOCKS * BLOCK, seed=43), buffer(BLOCKS * BLOCK)
+    register_dram(agent, old, new, dst)
+    ids = dev_ids(41, BLOCKS)
+    remote = [(0, BLOCK, d) for d in ids]
+
+    def blocks(buf):
+        return [(addr(buf, i * BLOCK), BLOCK) for i in range(BLOCKS)]
+
+    with registered(agent, [(0, BLOCK, d, "") for d in ids]):
+        assert transfer(agent, "WRITE", blocks(old), remote) == "DONE"
+        kept = old.copy()
+
+        for _ in range(2):
+            # A READ released mid-flight: nothing lands in dst after release returns (the
+            # answers are received straight into registered memory, so this checks the loans).
+            h = post(agent, "READ", blocks(dst), remote)
+            agent.release_xfer_handle(h)
+            dst[:] = 0xA5
+            time.sleep(0.2)  # far longer than the 32 MiB would take to arrive
+            assert (dst == 0xA5).all(), "an aborted READ wrote into the caller's memory after release"
+
+        # A WRITE of new contents released mid-flight, its memory scribbled right after: each
+        # object is then wholly the old or wholly the new version, never a mix or the scribble.
+        replacement = new.copy()
+        h = post(agent, "WRITE", blocks(new), remote)
+        agent.release_xfer_handle(h)
+        new[:] = 0x5A
+        time.sleep(0.1)
         dst[:] = 0
-        assert transfer(agent, "READ", [(addr(dst, i * BLOCK), BLOCK) for i in range(BLOCKS)], remote) == "DONE"
-        assert np.array_equal(dst, src)
+        assert transfer(agent, "READ", blocks(dst), remote) == "DONE"
+        for i in range(BLOCKS):
+            got = dst[i * BLOCK : (i + 1) * BLOCK]
+            assert np.array_equal(got, kept[i * BLOCK : (i + 1) * BLOCK]) or np.array_equal(
+                got, replacement[i * BLOCK : (i + 1) * BLOCK]
+            ), f"block {i} is neither the old nor the new version"
 
     # And new objects can be written and read after the aborted requests.
     more = dev_ids(42, 2)
     with registered(agent, [(0, BLOCK, d, "") for d in more]):
         rem = [(0, BLOCK, d) for d in more]
-        assert transfer(agent, "WRITE", [(addr(src, 0), BLOCK), (addr(src, BLOCK), BLOCK)], rem) == "DONE"
+        assert transfer(agent, "WRITE", [(addr(old, 0), BLOCK), (addr(old, BLOCK), BLOCK)], rem) == "DONE"
         dst[: 2 * BLOCK] = 0
         assert transfer(agent, "READ", [(addr(dst, BLOCK), BLOCK), (addr(dst, 0), BLOCK)], rem) == "DONE"
-    assert np.array_equal(dst[BLOCK : 2 * BLOCK], src[:BLOCK])
-    assert np.array_equal(dst[:BLOCK], src[BLOCK : 2 * BLOCK])
+    assert np.array_equal(dst[BLOCK : 2 * BLOCK], kept[:BLOCK])
+    assert np.array_equal(dst[:BLOCK], kept[BLOCK : 2 * BLOCK])
+
+
+def test_buffers_reusable_at_done(cluster):
+    """At DONE a WRITE no longer reads its source: overwriting it at once changes nothing stored."""
+    agent = make_agent(cluster.params())
+    src, dst = buffer(BLOCKS * BLOCK, seed=45), buffer(BLOCKS * BLOCK)
+    register_dram(agent, src, dst)
+    expected = src.copy()
+    ids = dev_ids(45, BLOCKS)
+    remote = [(0, BLOCK, d) for d in ids]
+    with registered(agent, [(0, BLOCK, d, "") for d in ids]):
+        h = post(agent, "WRITE", [(addr(src, i * BLOCK), BLOCK) for i in range(BLOCKS)], remote)
+        try:
+            state = "PROC"
+            while state == "PROC":
+                state = agent.check_xfer_state(h)
+            src[:] = 0  # reuse the memory the moment NIXL says DONE
+            assert state == "DONE"
+        finally:
+            agent.release_xfer_handle(h)
+        assert transfer(agent, "READ", [(addr(dst, i * BLOCK), BLOCK) for i in range(BLOCKS)], remote) == "DONE"
+    assert np.array_equal(dst, expected)
 
 
 def test_many_requests_in_flight(cluster):

@@ -55,7 +55,8 @@ def test_query_key_is_meta_info_or_decimal_dev_id(cluster):
         (0, 1, 0, "kv/ab"),
         (0, 1, 0, hex(by_id)),
     ]
-    assert agent.query_memory(q, "MEMKV", "OBJ") == [{"size": "3000"}, {"size": "3000"}, {"size": "5000"}, None, None, None]
+    got = agent.query_memory(q, "MEMKV", "OBJ")
+    assert got == [{"size": "3000"}, {"size": "3000"}, {"size": "5000"}, None, None, None]
 
     # The same metaInfo under another devId names the same object for transfers too.
     dst = buffer(5000)
