@@ -23,33 +23,19 @@ if ! command -v iperf3 >/dev/null; then
 fi
 cargo build --release --quiet --bin memkv --bin memkv-server
 bin=$root/target/release
-work=$(mktemp -d)
 iperf_port=5299
 node_port=9970
-
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-"$bin/memkv" license keygen --out "$work/sign.key" 2>/dev/null
-export MEMKV_LICENSE_PUBKEY=$("$bin/memkv" license pubkey --signing-key "$work/sign.key")
-"$bin/memkv" license issue --signing-key "$work/sign.key" --licensee bench --days 1 > "$work/lic"
-export MEMKV_LICENSE=$work/lic
-export MEMKV_AUTH_KEY=$("$bin/memkv" keygen)
+# shellcheck source=lib.sh
+. "$root/benches/lib.sh"
+bench_setup
+bench_credentials
 export MEMKV_SERVERS=127.0.0.1:$node_port
 
 for p in $iperf_port $((iperf_port + 1)); do
   iperf3 -s -B 127.0.0.1 -p "$p" > /dev/null 2>&1 &
   pids+=($!)
 done
-"$bin/memkv-server" --listen 127.0.0.1:$node_port --memory 4GiB > "$work/node.out" 2> "$work/node.log" &
-pids+=($!)
-for _ in $(seq 1 100); do grep -q ready "$work/node.out" 2>/dev/null && break; sleep 0.1; done
-grep -q ready "$work/node.out" || { cat "$work/node.log"; exit 1; }
+bench_node 127.0.0.1 $node_port 4GiB
 sleep 0.5
 
 ceiling() {

@@ -20,33 +20,15 @@ cargo build --release --quiet --bin memkv --bin memkv-server
 cargo build --release --quiet -p memkv-nixl
 py=$(scripts/nixl-venv.sh "$version")
 bin=$root/target/release
-work=$(mktemp -d)
 port=9975
-
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-"$bin/memkv" license keygen --out "$work/sign.key" 2>/dev/null
-export MEMKV_LICENSE_PUBKEY=$("$bin/memkv" license pubkey --signing-key "$work/sign.key")
-"$bin/memkv" license issue --signing-key "$work/sign.key" --licensee bench --days 1 > "$work/lic"
-export MEMKV_LICENSE=$work/lic
-export MEMKV_AUTH_KEY=$("$bin/memkv" keygen)
+# shellcheck source=lib.sh
+. "$root/benches/lib.sh"
+bench_setup
+bench_credentials
 export MEMKV_SERVERS=127.0.0.1:$port,127.0.0.2:$port
 export NIXL_PLUGIN_DIR=$bin
-
-for ip in 127.0.0.1 127.0.0.2; do
-  "$bin/memkv-server" --listen "$ip:$port" --memory 2GiB > "$work/node-$ip.out" 2> "$work/node-$ip.log" &
-  pids+=($!)
-done
-for ip in 127.0.0.1 127.0.0.2; do
-  for _ in $(seq 1 100); do grep -q ready "$work/node-$ip.out" 2>/dev/null && break; sleep 0.1; done
-  grep -q ready "$work/node-$ip.out" || { cat "$work/node-$ip.log"; exit 1; }
-done
+bench_node 127.0.0.1 $port 2GiB
+bench_node 127.0.0.2 $port 2GiB
 
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print([r for r in d if r['op']=='$1'][0]['$2'])"; }
 key() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
