@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::ffi::{Desc, mem, op, status};
 use crate::plan::{self, Pair, ReadPart, WritePart};
 
-/// How often a blocked caller re-checks a finishing task or outstanding borrows.
+/// How often a waiting caller re-checks a finishing task or outstanding loans.
 const POLL: Duration = Duration::from_micros(50);
 
 /// An OBJ_SEG registration: the object's key (without the namespace, which the client adds).
