@@ -36,7 +36,8 @@ pub fn object_key(meta: &[u8], dev_id: u64) -> Vec<u8> {
 /// What a request does, planned once at prep time and reused by every post.
 enum Work {
     Write(Vec<WritePart>),
-    Read(Vec<ReadPart>),
+    /// The parts, and the client's entries for them (built once: they hold no memory).
+    Read(Vec<ReadPart>, Vec<GetItem>),
 }
 
 struct Planned {
@@ -194,7 +195,13 @@ impl Engine {
         let work = if xfer_op == op::WRITE {
             plan::plan_write(&pairs, label).map(Work::Write)
         } else {
-            plan::plan_read(&pairs).map(Work::Read)
+            plan::plan_read(&pairs).map(|parts| {
+                let items = parts
+                    .iter()
+                    .map(|p| GetItem { key: keys[p.object].clone(), offset: p.offset, length: p.len })
+                    .collect();
+                Work::Read(parts, items)
+            })
         }
         .map_err(|e| fail(status::ERR_INVALID_PARAM, e.0))?;
         Ok(Box::new(Request {
@@ -330,15 +337,11 @@ async fn run(client: &Client, planned: &Planned, loans: &Loans) -> i32 {
                 }
             }
         }
-        Work::Read(parts) => {
-            let items: Vec<GetItem> = parts
-                .iter()
-                .map(|p| GetItem { key: planned.keys[p.object].clone(), offset: p.offset, length: p.len })
-                .collect();
+        Work::Read(parts, items) => {
             // SAFETY: as for writes; the caller does not touch the memory until the request is
             // complete or released.
             let targets = parts.iter().map(|p| unsafe { loans.target(p.dst as *mut u8, p.len as usize) }).collect();
-            match client.get_batch_into(&items, targets).await {
+            match client.get_batch_into(items, targets).await {
                 Ok(found) => match parts.iter().zip(found).find(|(_, f)| !f) {
                     Some((p, _)) => missing(client, &planned.keys[p.object]),
                     None => status::SUCCESS,
