@@ -213,7 +213,12 @@ nixlBackendEngine *create_engine(const nixlBackendInitParams *init) noexcept {
             log_error("create_backend failed", err[0] ? err : "unknown reason");
         }
         // With a null Rust engine initErr is set, and NIXL destroys the engine again.
-        return new MemkvEngine(init, rust);
+        try {
+            return new MemkvEngine(init, rust);
+        } catch (...) {
+            if (rust) g_api->engine_destroy(rust);
+            throw;
+        }
     } catch (const std::exception &e) {
         log_error("create_backend", e.what());
     } catch (...) {
