@@ -1,3 +1,5 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2154 # $bin is set by the script that sources this file
 # Shared by the benchmark scripts (sourced, not run): a throw-away dev cluster on loopback.
 #   bench_setup            work dir in $work, cleanup on exit (kills everything in $pids)
 #   bench_credentials      a dev signing key, license and cluster key, exported as MEMKV_*

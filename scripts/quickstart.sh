@@ -33,7 +33,8 @@ pub=$("$bin/memkv" license pubkey --signing-key "$run/dev-signing.key")
 "$bin/memkv" license issue --signing-key "$run/dev-signing.key" --licensee "quickstart (dev)" \
   --days 30 > "$run/minio.license"
 [ -f "$run/auth.key" ] || "$bin/memkv" keygen > "$run/auth.key"
-export MEMKV_AUTH_KEY=$(cat "$run/auth.key")
+MEMKV_AUTH_KEY=$(cat "$run/auth.key")
+export MEMKV_AUTH_KEY
 export MEMKV_LICENSE=$run/minio.license
 export MEMKV_LICENSE_PUBKEY=$pub
 export MEMKV_SERVERS=127.0.0.1:$port,127.0.0.2:$port

@@ -16,6 +16,11 @@ cargo fmt --all -- --check
 
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+if ! command -v shellcheck >/dev/null; then
+  echo "installing shellcheck" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck) >/dev/null
+fi
+shellcheck -x -P SCRIPTDIR scripts/*.sh benches/*.sh .ci/run
 
 step "build"
 cargo build --workspace --all-targets --locked
