@@ -94,11 +94,14 @@ impl Node {
         Self::start_on(creds, ip, "0", flags)
     }
 
-    /// Starts a node on `ip:port` (admin on an ephemeral port), with 256 MiB of memory unless
-    /// `flags` set `--memory`.
+    /// Starts a node on `ip:port` (admin on an ephemeral port unless `flags` set
+    /// `--admin-listen`), with 256 MiB of memory unless `flags` set `--memory`.
     pub fn start_on(creds: &Creds, ip: &str, port: &str, flags: &[&str]) -> Self {
         let mut cmd = Command::new(server_bin());
-        cmd.args(["--listen", &format!("{ip}:{port}"), "--admin-listen", &format!("{ip}:0")]);
+        cmd.args(["--listen", &format!("{ip}:{port}")]);
+        if !flags.contains(&"--admin-listen") {
+            cmd.args(["--admin-listen", &format!("{ip}:0")]);
+        }
         if !flags.contains(&"--memory") {
             cmd.args(["--memory", "256MiB"]);
         }
