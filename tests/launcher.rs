@@ -143,11 +143,14 @@ fn without_dry_run_it_runs_exactly_that_command() {
     assert!(Path::new(&record).exists());
 }
 
+/// Launcher arguments, extra environment, and the line expected on stderr.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn every_problem_is_reported_before_anything_starts() {
     let s = Setup::new(["127.0.5.5", "127.0.5.6"]);
     let model = s.model();
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    let cases: &[Case<'_>] = &[
         (&["--dry-run"], &[], "--model is required"),
         (&["--dry-run", "--model", "/nonexistent/m"], &[], "model directory /nonexistent/m does not exist"),
         (
