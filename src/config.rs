@@ -103,6 +103,11 @@ impl Param {
         REQUIRED.contains(&self.key)
     }
 
+    /// The command-line flag of `memkv` / `memkv-server` for it: `--num-connections`.
+    pub fn flag(&self) -> String {
+        format!("--{}", self.key.replace('_', "-"))
+    }
+
     /// Whether an unset value is computed from other settings (`admin_listen`, `node_id`).
     pub fn is_derived(&self) -> bool {
         DERIVED.contains(&self.key)
@@ -330,8 +335,8 @@ pub fn markdown_reference() -> String {
             out.push('\n');
         }
         out.push_str(&format!("### {title}\n\n"));
-        out.push_str("| key | env var | default | accepted values | meaning |\n");
-        out.push_str("|---|---|---|---|---|\n");
+        out.push_str("| key | env var | flag | default | accepted values | meaning |\n");
+        out.push_str("|---|---|---|---|---|---|\n");
         for p in PARAMS.iter().filter(|p| p.role == role) {
             let default = match p.default {
                 Some("") => "(empty)".to_string(),
@@ -341,9 +346,10 @@ pub fn markdown_reference() -> String {
                 None => "unset".to_string(),
             };
             out.push_str(&format!(
-                "| `{}` | `{}` | {} | {} | {} |\n",
+                "| `{}` | `{}` | `{}` | {} | {} | {} |\n",
                 p.key,
                 p.env,
+                p.flag(),
                 md_cell(&default),
                 md_cell(p.range),
                 md_cell(p.help)

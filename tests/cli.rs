@@ -585,7 +585,10 @@ fn memkv_help_lists_every_subcommand_and_the_variables_of_its_flags() {
 #[test]
 fn memkv_help_mentions_every_client_setting_the_cli_reads() {
     let text = memkv(&["--help"], &[]).stdout();
-    let missing: Vec<&str> = params_for(Role::Client).map(|p| p.env).filter(|v| !text.contains(v)).collect();
+    let missing: Vec<String> = params_for(Role::Client)
+        .flat_map(|p| [p.env.to_string(), p.flag()])
+        .filter(|v| !text.contains(v.as_str()))
+        .collect();
     assert!(missing.is_empty(), "not in `memkv --help`: {missing:?}");
 }
 
@@ -594,9 +597,10 @@ fn memkv_server_help_mentions_every_server_setting() {
     let out = run(server_bin(), &["--help"], &[], None, CMD_TIMEOUT);
     assert!(out.ok(), "{out:?}");
     let text = out.stdout();
-    let vars: Vec<&str> = params_for(Role::Server).map(|p| p.env).chain(["MEMKV_LOG"]).collect();
+    let vars: Vec<String> =
+        params_for(Role::Server).flat_map(|p| [p.env.to_string(), p.flag()]).chain(["MEMKV_LOG".to_string()]).collect();
     assert!(vars.len() > 10, "{vars:?}");
     for var in vars {
-        assert!(text.contains(var), "{var} missing from memkv-server --help:\n{text}");
+        assert!(text.contains(&var), "{var} missing from memkv-server --help:\n{text}");
     }
 }
