@@ -25,8 +25,11 @@ PLUGIN = BIN / "libplugin_MEMKV.so"
 
 # NIXL reads NIXL_PLUGIN_DIR once per process, when the first agent is made.
 os.environ["NIXL_PLUGIN_DIR"] = str(BIN)
-if importlib.util.find_spec("torch") is None:
-    sys.path.insert(0, str(Path(__file__).parent / "stubs"))
+# nixl-cu12 1.3.2 imports torch; without a real one, stubs/torch stands in (see its docstring).
+STUBS = Path(__file__).parent / "stubs"
+TORCH_STUBBED = importlib.util.find_spec("torch") is None
+if TORCH_STUBBED:
+    sys.path.insert(0, str(STUBS))
 
 from nixl_cu12._api import nixl_agent, nixl_agent_config  # noqa: E402
 
