@@ -70,3 +70,52 @@ fn group(n: u64) -> String {
     }
     out
 }
+
+/// Every file below `dir` (relative to the crate root) whose name ends in one of `exts`.
+fn sources(dir: &str, exts: &[&str], out: &mut String) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut stack = vec![root];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if exts.iter().any(|x| p.extension().is_some_and(|e| e == *x)) {
+                out.push_str(&std::fs::read_to_string(&p).unwrap());
+            }
+        }
+    }
+}
+
+#[test]
+fn troubleshooting_quotes_messages_the_code_still_prints() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/troubleshooting.md")).unwrap();
+    let begin = doc.find("<!-- BEGIN CHECKED MESSAGES -->").expect("begin marker");
+    let end = doc.find("<!-- END CHECKED MESSAGES -->").expect("end marker");
+    let mut code = String::new();
+    for (dir, exts) in [("src", &["rs"][..]), ("nixl-abi/src", &["rs", "cpp"]), ("scripts", &["sh"])] {
+        sources(dir, exts, &mut code);
+    }
+    let mut checked = 0;
+    for row in doc[begin..end].lines().filter(|l| l.starts_with("| `")) {
+        let quoted = row.trim_start_matches("| `").split("` |").next().expect("first cell");
+        assert!(code.contains(quoted), "docs/troubleshooting.md quotes {quoted:?}, which no longer occurs in the code");
+        checked += 1;
+    }
+    assert!(checked >= 40, "only {checked} messages checked");
+}
+
+#[test]
+fn operations_doc_names_only_metrics_the_node_exports() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
+    let mut code = String::new();
+    sources("src/server", &["rs"], &mut code);
+    let names: std::collections::BTreeSet<&str> = doc
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("memkv_") && !w.starts_with("memkv_mr"))
+        .collect();
+    assert!(names.len() >= 5, "{names:?}");
+    for n in names {
+        assert!(code.contains(&format!("\"{n}\"")), "docs/operations.md names metric {n}, which the node does not export");
+    }
+}
