@@ -131,6 +131,10 @@ class Cluster:
         p.update({k: str(v) for k, v in extra.items()})
         return p
 
+    def env(self, **extra):
+        """The same settings as MEMKV_* variables, for a process configured from its environment."""
+        return {f"MEMKV_{k.upper()}": v for k, v in self.params(**extra).items()}
+
 
 _next_net = [0]
 

@@ -7,15 +7,7 @@ from conftest import BIN, ROOT, STUBS, TORCH_STUBBED, worker_env
 
 
 def test_kvbm_offload_example(cluster):
-    env = worker_env(
-        {
-            "MEMKV_SERVERS": cluster.servers,
-            "MEMKV_AUTH_KEY": cluster.creds["MEMKV_AUTH_KEY"],
-            "MEMKV_LICENSE": cluster.creds["MEMKV_LICENSE"],
-            "MEMKV_LICENSE_PUBKEY": cluster.creds["MEMKV_LICENSE_PUBKEY"],
-            "NIXL_PLUGIN_DIR": str(BIN),
-        }
-    )
+    env = worker_env({**cluster.env(), "NIXL_PLUGIN_DIR": str(BIN)})
     if TORCH_STUBBED:
         env["PYTHONPATH"] = str(STUBS)
     p = subprocess.run(

@@ -99,16 +99,7 @@ def test_params_by_env_name(cluster, capfd):
 
 def test_config_from_process_env(cluster):
     """create_backend("MEMKV", {}) in a process whose environment carries the MEMKV_* settings."""
-    env = worker_env(
-        {
-            "MEMKV_SERVERS": cluster.servers,
-            "MEMKV_AUTH_KEY": cluster.creds["MEMKV_AUTH_KEY"],
-            "MEMKV_LICENSE": cluster.creds["MEMKV_LICENSE"],
-            "MEMKV_LICENSE_PUBKEY": cluster.creds["MEMKV_LICENSE_PUBKEY"],
-            "MEMKV_NAMESPACE": "from-env",
-            "MEMKV_OP_TIMEOUT_MS": "3000",
-        }
-    )
+    env = worker_env(cluster.env(namespace="from-env"))
     ids, size, seed = dev_ids(1701, 3), 128 * KIB, 1701
     got = run_worker({"op": "roundtrip", "params": {}, "ids": ids, "size": size, "seed": seed}, env=env)
     assert got == {"write": "DONE", "read": "DONE", "match": [True] * 3}
