@@ -237,8 +237,11 @@ impl Engine {
     pub fn check(&self, req: &Request) -> i32 {
         let s = req.state.load(Ordering::Acquire);
         if s == status::IN_PROG && req.task.lock().as_ref().is_some_and(|t| t.is_finished()) {
-            // The task ended without storing a result: it panicked (the panic was logged).
-            return status::ERR_UNKNOWN;
+            // Finished: the result is stored now, unless the task panicked (the panic was logged).
+            return match req.state.load(Ordering::Acquire) {
+                status::IN_PROG => status::ERR_UNKNOWN,
+                done => done,
+            };
         }
         s
     }
