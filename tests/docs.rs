@@ -116,6 +116,9 @@ fn operations_doc_names_only_metrics_the_node_exports() {
         .collect();
     assert!(names.len() >= 5, "{names:?}");
     for n in names {
-        assert!(code.contains(&format!("\"{n}\"")), "docs/operations.md names metric {n}, which the node does not export");
+        assert!(
+            code.contains(&format!("\"{n}\"")),
+            "docs/operations.md names metric {n}, which the node does not export"
+        );
     }
 }
