@@ -2028,13 +2028,13 @@ mod tests {
             let with_env: Vec<&&str> = rows.iter().filter(|r| tokens(r).contains(&p.env.to_string())).collect();
             assert_eq!(with_env.len(), 1, "{} appears in {} rows", p.env, with_env.len());
             assert_eq!(tokens(with_env[0]).iter().filter(|t| *t == p.env).count(), 1, "{}", p.env);
-            assert!(with_env[0].starts_with(&format!("| `{}` | `{}` |", p.key, p.env)));
+            assert!(with_env[0].starts_with(&format!("| `{}` | `{}` | `{}` |", p.key, p.env, p.flag())));
         }
         for row in &rows {
-            // key, env, default, range, meaning: five cells, none with a raw `|`.
-            assert_eq!(row.replace("\\|", "").matches('|').count(), 6, "{row}");
+            // key, env, flag, default, range, meaning: six cells, none with a raw `|`.
+            assert_eq!(row.replace("\\|", "").matches('|').count(), 7, "{row}");
         }
-        assert!(md.contains("| key | env var | default | accepted values | meaning |"));
+        assert!(md.contains("| key | env var | flag | default | accepted values | meaning |"));
         let (both, client, server) = (
             md.find("### Client and server").unwrap(),
             md.find("### Client\n").unwrap(),
@@ -2042,7 +2042,7 @@ mod tests {
         );
         assert!(both < client && client < server);
         assert!(md[server..].contains("`MEMKV_MEMORY`") && !md[..server].contains("`MEMKV_MEMORY`"));
-        assert!(md.contains("| `servers` | `MEMKV_SERVERS` | **required** |"));
+        assert!(md.contains("| `servers` | `MEMKV_SERVERS` | `--servers` | **required** |"));
     }
 
     #[test]
