@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("NIXL_PLUGIN_DIR", str(ROOT / "target" / "release"))
 if importlib.util.find_spec("torch") is None:  # nixl-cu12 1.3.2 imports torch; see the stub's docs
     sys.path.insert(0, str(ROOT / "tests" / "nixl" / "stubs"))
 
@@ -82,6 +81,8 @@ def main():
     a = ap.parse_args()
     block = size(a.size)
     n = a.batch * a.handles
+    # Read by NIXL when the first agent is made.
+    os.environ.setdefault("NIXL_PLUGIN_DIR", str(ROOT / "target" / "release"))
 
     agent = nixl_agent(f"memkv-kv-{os.getpid()}", nixl_agent_config(backends=[]))
     agent.create_backend("MEMKV", {"namespace": a.namespace})

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Peer: NIXL's own UCX backend moving host memory between two agents of one process.
+
+WRITE (the PUT-like direction) copies 16 blocks from agent A's buffer into agent B's, READ pulls
+them back into a zeroed buffer of A; each direction runs for --duration seconds with one request
+of 16 blocks reposted as soon as it completes. UCX picks its transports from UCX_TLS: `tcp` is the
+peer of MemKV's TCP path, UCX's default (shared memory / CMA on one host) the peer of a same-host
+transport. Bytes are compared after each phase. Prints one JSON line.
+
+  UCX_TLS=tcp python benches/peers/ucx_peer.py --size 2MiB --duration 3
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nixl_kv import size  # noqa: E402  (also applies the torch stub for nixl-cu12 1.3.2)
+from nixl_cu12._api import nixl_agent, nixl_agent_config  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+BATCH = 16
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="2MiB")
+    ap.add_argument("--duration", type=float, default=3.0)
+    a = ap.parse_args()
+    block = size(a.size)
+    n = BATCH * block
+    pid = os.getpid()
+    one = nixl_agent(f"ucx-a-{pid}", nixl_agent_config(backends=["UCX"]))
+    two = nixl_agent(f"ucx-b-{pid}", nixl_agent_config(backends=["UCX"]))
+    src = np.random.default_rng(3).integers(0, 256, n, dtype=np.uint8)
+    back = np.zeros(n, dtype=np.uint8)
+    far = np.zeros(n, dtype=np.uint8)
+    one.register_memory([(src.ctypes.data, n, 0, ""), (back.ctypes.data, n, 0, "")], "DRAM")
+    two.register_memory([(far.ctypes.data, n, 0, "")], "DRAM")
+    one.add_remote_agent(two.get_agent_metadata())
+    two.add_remote_agent(one.get_agent_metadata())
+
+    def descs(agent, base):
+        return agent.get_xfer_descs([(base + i * block, block, 0) for i in range(BATCH)], "DRAM")
+
+    far_descs = descs(one, far.ctypes.data)
+    result = {"system": f"nixl-ucx-{os.environ.get('UCX_TLS', 'default')}", "block_bytes": block}
+    for op, local in (("WRITE", src), ("READ", back)):
+        h = one.initialize_xfer(op, descs(one, local.ctypes.data), far_descs, two.name)
+        moved, start = 0, time.perf_counter()
+        while time.perf_counter() - start < a.duration:
+            s = one.transfer(h)
+            while s == "PROC":
+                s = one.check_xfer_state(h)
+            if s != "DONE":
+                raise RuntimeError(f"{op}: {s}")
+            moved += n
+        secs = time.perf_counter() - start
+        one.release_xfer_handle(h)
+        ok = bool(np.array_equal(src, far if op == "WRITE" else back))
+        key = "put" if op == "WRITE" else "get"
+        result[f"{key}_gib_per_s"] = moved / secs / (1 << 30)
+        result[f"{key}_verified"] = ok
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
