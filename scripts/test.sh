@@ -20,7 +20,7 @@ if ! command -v shellcheck >/dev/null; then
   echo "installing shellcheck" >&2
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck) >/dev/null
 fi
-shellcheck -x -P SCRIPTDIR scripts/*.sh benches/*.sh .ci/run
+shellcheck -x -P SCRIPTDIR scripts/*.sh benches/*.sh benches/*/*.sh .ci/run
 
 step "build"
 cargo build --workspace --all-targets --locked
