@@ -8,6 +8,8 @@ the other (so machine drift hits all of them alike), with the data verified:
                every onboarded block compared)
   redis        Debian's redis-server + redis-benchmark (SET/GET, 8 connections, pipeline 4), plus
                one SET/GET round trip per size compared byte for byte over RESP
+  mooncake     Mooncake Store over TCP: mooncake_master + a segment-holding process + this client
+               (batch_put_from / batch_get_into of 16 blocks; bytes compared)
   nixl-ucx-tcp NIXL's UCX backend between two agents, UCX_TLS=tcp (peer of a TCP path)
   nixl-ucx-shm the same with UCX's default same-host transports (shared memory / CMA)
 Ceilings, once per round: iperf3 with 1 and 4 streams, two iperf3 processes at once, and memcpy
@@ -37,7 +39,7 @@ from nixl_kv import size as parse_size  # noqa: E402
 GIB = float(1 << 30)
 # Peers of MemKV's TCP path. nixl-ucx-shm is the peer of a same-host transport, which MemKV does
 # not have yet: it is measured and shown, but not counted as "best peer" of a TCP path.
-TCP_PEERS = ["redis", "nixl-ucx-tcp"]
+TCP_PEERS = ["redis", "mooncake", "nixl-ucx-tcp"]
 
 
 def run_json(cmd, env=None, timeout=300):
@@ -126,8 +128,14 @@ def ucx(tls):
     return measure
 
 
-SYSTEMS = {"memkv": memkv, "memkv-nixl": memkv_nixl, "redis": redis, "nixl-ucx-tcp": ucx("tcp"),
-           "nixl-ucx-shm": ucx(None)}
+def mooncake(a, block):
+    r = run_json([a.mooncake_python, HERE / "mooncake_peer.py", "--size", str(block), "--duration", str(a.seconds)])
+    return {op: (r[f"{op}_gib_per_s"], r[f"{op}_gib_per_s"] * GIB / block, None, r[f"{op}_verified"])
+            for op in ("put", "get")}
+
+
+SYSTEMS = {"memkv": memkv, "memkv-nixl": memkv_nixl, "redis": redis, "mooncake": mooncake,
+           "nixl-ucx-tcp": ucx("tcp"), "nixl-ucx-shm": ucx(None)}
 
 
 # ---- ceilings -----------------------------------------------------------------------------------
@@ -161,7 +169,7 @@ def memcpy(block, seconds=0.3):
 def svg(medians, sizes, systems, ceiling):
     """GiB/s vs block size (log scale), one panel per op."""
     w, h, pad = 460, 300, 50
-    colors = dict(zip(systems, ["#d62728", "#ff7f0e", "#1f77b4", "#2ca02c", "#9467bd"]))
+    colors = dict(zip(systems, ["#d62728", "#ff7f0e", "#1f77b4", "#8c564b", "#2ca02c", "#9467bd"]))
     top = max([ceiling] + [v for v in medians.values()]) * 1.1
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * w}" height="{h}" font-family="sans-serif" '
              'font-size="11">']
@@ -200,6 +208,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--redis-port", type=int, default=6399)
+    ap.add_argument("--mooncake-python", default=sys.executable, help="a python with mooncake installed")
     ap.add_argument("--iperf-ports", default="5299,5300")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "peers")
     a = ap.parse_args()
