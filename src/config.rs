@@ -208,8 +208,8 @@ const P_PAYLOAD_MAC: Param = Param {
 const P_IO_THREADS: Param = Param {
     key: "io_threads",
     env: "MEMKV_IO_THREADS",
-    default: Some("4"),
-    range: "1..=64",
+    default: Some("auto"),
+    range: "1..=64, or `auto`: the number of CPUs, at most 4",
     help: "Threads of the client's I/O runtime: the NIXL plugin's (per backend instance) and the `memkv` CLI's.",
     role: Role::Client,
 };
@@ -724,7 +724,7 @@ pub struct ClientConfig {
     pub namespace: String,
     /// MAC every payload.
     pub payload_mac: bool,
-    /// Worker threads of the NIXL plugin's I/O runtime, 1..=64.
+    /// Worker threads of the client's I/O runtime (NIXL plugin, CLI), 1..=64.
     pub io_threads: usize,
 }
 
@@ -833,7 +833,15 @@ impl ClientConfig {
             checked.map(|()| s.to_string()).map_err(|e| format!("{e}; expected {}", P_NAMESPACE.range))
         })?;
         let payload_mac = r.parse_with(&P_PAYLOAD_MAC, parse_bool)?;
-        let io_threads = r.int(&P_IO_THREADS, 1, 64)? as usize;
+        let io_threads = r.parse_with(&P_IO_THREADS, |s| match s.to_ascii_lowercase().as_str() {
+            // More threads than cores only makes the runtime compete with the node and the
+            // application on small hosts; past 4 a client gains little (docs/benchmarks.md).
+            "auto" => Ok(std::thread::available_parallelism().map_or(1, |n| n.get()).min(4)),
+            v => match v.parse::<usize>() {
+                Ok(n) if (1..=64).contains(&n) => Ok(n),
+                _ => Err(format!("expected {}", P_IO_THREADS.range)),
+            },
+        })?;
         Ok(Self {
             servers,
             auth_key,
@@ -1422,6 +1430,18 @@ mod tests {
         {
             let c = client(&[(k, "7")], CLIENT_BASE).unwrap();
             assert_eq!(c.num_connections, 7, "key {k}");
+        }
+    }
+
+    #[test]
+    fn io_threads_is_a_count_or_auto() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(client(&[], CLIENT_BASE).unwrap().io_threads, cpus.min(4));
+        assert_eq!(client(&[("io_threads", "AUTO")], CLIENT_BASE).unwrap().io_threads, cpus.min(4));
+        assert_eq!(client(&[("io_threads", "12")], CLIENT_BASE).unwrap().io_threads, 12);
+        for bad in ["0", "65", "many"] {
+            let e = client(&[("io_threads", bad)], CLIENT_BASE).unwrap_err().to_string();
+            assert!(e.contains("expected 1..=64, or `auto`"), "{e}");
         }
     }
 

@@ -47,7 +47,7 @@ def test_plugin_params_list_every_client_setting_with_defaults(bare_agent):
     params = bare_agent.get_plugin_params("MEMKV")
     assert set(params) == CLIENT_KEYS
     assert params["num_connections"] == "4"
-    assert params["io_threads"] == "4"
+    assert params["io_threads"] == "auto"
     assert params["op_timeout_ms"] == "10000"
     assert params["connect_timeout_ms"] == "2000"
     assert params["transport"] == "auto"

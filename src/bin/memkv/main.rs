@@ -61,7 +61,7 @@ struct ConnArgs {
     /// Per-operation timeout [env: MEMKV_OP_TIMEOUT_MS] [default: 10000]
     #[arg(long, global = true, value_name = "MS")]
     op_timeout_ms: Option<String>,
-    /// Threads of this command's I/O runtime [env: MEMKV_IO_THREADS] [default: 4]
+    /// Threads of this command's I/O runtime, or auto [env: MEMKV_IO_THREADS] [default: auto]
     #[arg(long, global = true, value_name = "N")]
     io_threads: Option<String>,
     /// YAML or TOML config file [env: MEMKV_CONFIG]
