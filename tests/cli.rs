@@ -604,3 +604,27 @@ fn memkv_server_help_mentions_every_server_setting() {
         assert!(text.contains(&var), "{var} missing from memkv-server --help:\n{text}");
     }
 }
+
+#[test]
+fn get_into_a_pipe_closed_early_ends_quietly() {
+    let creds = Creds::new();
+    let node = Node::start(&creds, "127.0.0.60", &[]);
+    let env = client_env(&creds, &node.data.to_string());
+    let big = vec![7u8; 8 << 20];
+    assert!(run(cli_bin(), &["put", "big"], &env, Some(&big), CMD_TIMEOUT).ok());
+    let mut cmd = std::process::Command::new(cli_bin());
+    cmd.args(["get", "big"]).env_clear().stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut first = [0u8; 10];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take()); // the reader goes away, like `| head -c 10`
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    // Killed by SIGPIPE, as `cat` would be.
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(libc::SIGPIPE), "{out:?}");
+    assert_eq!(first, [7; 10]);
+}

@@ -151,6 +151,12 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away
+    // (`memkv get key | head -c 10`) instead of panicking on a broken pipe.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if std::env::var_os("MEMKV_LOG").is_none() {
         logging::init(LogFormat::Text, &cli.conn.log);
