@@ -544,6 +544,20 @@ fn bench_both_runs_every_op_of_both_phases_without_errors_or_misses() {
         assert_eq!(p["misses"], 0, "{doc}");
     }
     assert_eq!(node.status()["objects"], 200);
+
+    // The same as CSV, with the JSON field names as the header.
+    let args =
+        ["bench", "--op", "get", "--size", "4KiB,64KiB", "--keys", "8", "--count", "50", "--no-progress", "--csv"];
+    let out = run(cli_bin(), &args, &client_env(&creds, &node.data.to_string()), None, Duration::from_secs(40));
+    assert!(out.ok(), "{out:?}");
+    let text = out.stdout();
+    let lines: Vec<&str> = text.lines().collect();
+    let header: Vec<&str> = lines[0].split(',').collect();
+    let first = phases[0].as_object().unwrap();
+    assert_eq!(header.len(), first.len(), "{text}");
+    assert!(header.iter().all(|h| first.contains_key(*h)), "{text}");
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[1].starts_with("get,4096,50,") && lines[2].starts_with("get,65536,50,"), "{text}");
 }
 
 // ---------------------------------------------------------------------------------------------

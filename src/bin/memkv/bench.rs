@@ -66,8 +66,11 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value = "memkv-bench")]
     prefix: String,
     /// Print JSON instead of a table
-    #[arg(long)]
+    #[arg(long, conflicts_with = "csv")]
     json: bool,
+    /// Print CSV (a header line, then one line per phase) instead of a table
+    #[arg(long)]
+    csv: bool,
     /// Hide the progress bar
     #[arg(long)]
     no_progress: bool,
@@ -185,6 +188,8 @@ pub(crate) async fn run(conn: &ConnArgs, args: BenchArgs) -> Result<ExitCode> {
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
+    } else if args.csv {
+        print_csv(&results);
     } else {
         print_table(&results);
     }
@@ -193,6 +198,29 @@ pub(crate) async fn run(conn: &ConnArgs, args: BenchArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The phases as CSV, with the JSON output's field names as the header.
+fn print_csv(results: &[PhaseResult]) {
+    println!("op,size_bytes,ops,seconds,gib_per_s,ops_per_s,p50_us,p99_us,p999_us,misses,errors,connections,inflight");
+    for r in results {
+        println!(
+            "{},{},{},{:.6},{:.6},{:.1},{:.1},{:.1},{:.1},{},{},{},{}",
+            r.op,
+            r.size_bytes,
+            r.ops,
+            r.seconds,
+            r.gib_per_s,
+            r.ops_per_s,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            r.misses,
+            r.errors,
+            r.connections,
+            r.inflight
+        );
+    }
 }
 
 async fn fill(client: &Client, v: &Values) -> Result<()> {
