@@ -286,6 +286,55 @@ const P_SHUTDOWN_GRACE_MS: Param = Param {
     role: Role::Server,
 };
 
+const P_DATA_DIR: Param = Param {
+    key: "data_dir",
+    env: "MEMKV_DATA_DIR",
+    default: None,
+    range: "directories, comma-separated (one per drive; `--data-dir` may be repeated); each must exist and be empty or a MemKV drive",
+    help: "Drive directories of the durable drive tier (see docs/storage.md). Unset: the node keeps objects in DRAM only.",
+    role: Role::Server,
+};
+const P_DRIVE_CAPACITY: Param = Param {
+    key: "drive_capacity",
+    env: "MEMKV_DRIVE_CAPACITY",
+    default: Some("auto"),
+    range: "a size of at least 4 × `segment_size`, or `auto`",
+    help: "Bytes MemKV may use on each drive; the oldest segments are reclaimed beyond it. `auto`: 90% of the file system's free space plus what MemKV already stores there.",
+    role: Role::Server,
+};
+const P_DURABILITY: Param = Param {
+    key: "durability",
+    env: "MEMKV_DURABILITY",
+    default: Some("async"),
+    range: "`none`, `async` or `sync`",
+    help: "When a PUT is on stable storage: `sync` before it is acknowledged (group commit); `async` within `flush_interval_ms` after; `none` never forced (a clean shutdown still flushes). Needs `data_dir` unless `async`.",
+    role: Role::Server,
+};
+const P_FLUSH_INTERVAL_MS: Param = Param {
+    key: "flush_interval_ms",
+    env: "MEMKV_FLUSH_INTERVAL_MS",
+    default: Some("100"),
+    range: "1..=60000",
+    help: "Under `async` durability, longest time between a write reaching a drive and its fdatasync, in milliseconds.",
+    role: Role::Server,
+};
+const P_DRIVE_QUEUE: Param = Param {
+    key: "drive_queue",
+    env: "MEMKV_DRIVE_QUEUE",
+    default: Some("256MiB"),
+    range: "a size of at least 1 MiB; at most a quarter of `memory` is used",
+    help: "Bytes of acknowledged writes that may wait for the drives; PUTs wait for room when it is full (backpressure).",
+    role: Role::Server,
+};
+const P_SEGMENT_SIZE: Param = Param {
+    key: "segment_size",
+    env: "MEMKV_SEGMENT_SIZE",
+    default: Some("64MiB"),
+    range: "1MiB..=1GiB",
+    help: "Size of the append-only segment files on the drives, the unit of eviction and space reuse.",
+    role: Role::Server,
+};
+
 /// Every setting, shared ones first, then the client's, then the node's.
 pub const PARAMS: &[Param] = &[
     P_AUTH_KEY,
@@ -309,6 +358,12 @@ pub const PARAMS: &[Param] = &[
     P_REQUIRE_PAYLOAD_MAC,
     P_PARTIAL_TIMEOUT_MS,
     P_SHUTDOWN_GRACE_MS,
+    P_DATA_DIR,
+    P_DRIVE_CAPACITY,
+    P_DURABILITY,
+    P_FLUSH_INTERVAL_MS,
+    P_DRIVE_QUEUE,
+    P_SEGMENT_SIZE,
 ];
 
 /// The settings a component with `role` reads: its own and the shared ([`Role::Both`]) ones.
@@ -755,6 +810,50 @@ pub struct ServerConfig {
     pub partial_timeout: Duration,
     /// How long a stopping node lets in-flight requests finish.
     pub shutdown_grace: Duration,
+    /// The drive tier; `data_dirs` empty means DRAM only.
+    pub storage: StorageConfig,
+}
+
+/// When a PUT is on stable storage (see docs/storage.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Never forced (a clean shutdown still flushes).
+    None,
+    /// Within the flush interval after the acknowledgement.
+    Async,
+    /// Before the acknowledgement.
+    Sync,
+}
+
+impl FromStr for Durability {
+    type Err = String;
+
+    /// `none`, `async` or `sync`, case-insensitive.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(Self::None),
+            "async" => Ok(Self::Async),
+            "sync" => Ok(Self::Sync),
+            _ => Err(format!("expected {}", P_DURABILITY.range)),
+        }
+    }
+}
+
+/// The drive tier's settings.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// One directory per drive; empty: DRAM only.
+    pub data_dirs: Vec<PathBuf>,
+    /// Bytes per drive; `None`: measured at start (`auto`).
+    pub drive_capacity: Option<u64>,
+    /// When a PUT is on stable storage.
+    pub durability: Durability,
+    /// Longest wait before an `async` write is synced.
+    pub flush_interval: Duration,
+    /// Bytes of writes that may wait for the drives.
+    pub drive_queue: u64,
+    /// Segment file size.
+    pub segment_size: u64,
 }
 
 /// Where values come from. `explicit` keys may be given as the param key (`"num_connections"`)
@@ -934,6 +1033,7 @@ impl ServerConfig {
         let require_payload_mac = r.parse_with(&P_REQUIRE_PAYLOAD_MAC, parse_bool)?;
         let partial_timeout = r.millis(&P_PARTIAL_TIMEOUT_MS, 100, 3_600_000)?;
         let shutdown_grace = r.millis(&P_SHUTDOWN_GRACE_MS, 0, 600_000)?;
+        let storage = storage(&r)?;
         Ok(Self {
             listen,
             admin_listen,
@@ -947,8 +1047,65 @@ impl ServerConfig {
             require_payload_mac,
             partial_timeout,
             shutdown_grace,
+            storage,
         })
     }
+}
+
+fn storage(r: &Resolver<'_>) -> Result<StorageConfig, ConfigError> {
+    let data_dirs: Vec<PathBuf> = match r.get(&P_DATA_DIR) {
+        None => Vec::new(),
+        Some(g) => {
+            let items: Vec<String> = match &g.value {
+                Val::One(s) => s.split(',').map(|d| d.trim().to_string()).collect(),
+                Val::List(l) => l.iter().map(|d| d.trim().to_string()).collect(),
+            };
+            if items.iter().any(String::is_empty) {
+                return Err(g.invalid(format!("an entry is empty; expected {}", P_DATA_DIR.range)));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(dup) =
+                items.iter().find(|d| !seen.insert(Path::new(d.as_str()).components().collect::<PathBuf>()))
+            {
+                return Err(g.invalid(format!("{dup} is listed twice; give each drive once")));
+            }
+            if items.len() > usize::from(u16::MAX) {
+                return Err(g.invalid("too many drives"));
+            }
+            items.into_iter().map(PathBuf::from).collect()
+        }
+    };
+    let segment_size = r.parse_with(&P_SEGMENT_SIZE, |s| match parse_size(s)? {
+        v if (MIB..=GIB).contains(&v) => Ok(v),
+        _ => Err(format!("expected {}", P_SEGMENT_SIZE.range)),
+    })?;
+    let drive_capacity = r.parse_with(&P_DRIVE_CAPACITY, |s| {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(None);
+        }
+        let v = parse_size(s).map_err(|e| format!("{e}; expected {}", P_DRIVE_CAPACITY.range))?;
+        if v < 4 * segment_size {
+            return Err(format!(
+                "{} is below 4 segments of {} (MEMKV_SEGMENT_SIZE); raise it or lower MEMKV_SEGMENT_SIZE",
+                format_size(v),
+                format_size(segment_size)
+            ));
+        }
+        Ok(Some(v))
+    })?;
+    let durability_g = r.or_default(&P_DURABILITY);
+    let durability = durability_g.parse(str::parse::<Durability>)?;
+    if data_dirs.is_empty() && durability != Durability::Async {
+        return Err(durability_g.invalid(
+            "a DRAM-only node has nothing to make durable; set MEMKV_DATA_DIR (--data-dir) to one directory per drive",
+        ));
+    }
+    let flush_interval = r.millis(&P_FLUSH_INTERVAL_MS, 1, 60_000)?;
+    let drive_queue = r.parse_with(&P_DRIVE_QUEUE, |s| match parse_size(s)? {
+        v if v >= MIB => Ok(v),
+        _ => Err(format!("expected {}", P_DRIVE_QUEUE.range)),
+    })?;
+    Ok(StorageConfig { data_dirs, drive_capacity, durability, flush_interval, drive_queue, segment_size })
 }
 
 fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
@@ -1647,6 +1804,7 @@ mod tests {
         (&P_MAX_CLOCK_DRIFT_MS, Role::Server),
         (&P_PARTIAL_TIMEOUT_MS, Role::Server),
         (&P_SHUTDOWN_GRACE_MS, Role::Server),
+        (&P_FLUSH_INTERVAL_MS, Role::Server),
     ];
 
     #[test]
@@ -1665,6 +1823,7 @@ mod tests {
                     _ => server(&[], &[SERVER_BASE, &extra].concat()).map(|s| match p.key {
                         "max_clock_drift_ms" => s.max_clock_drift.as_millis() as u64,
                         "partial_timeout_ms" => s.partial_timeout.as_millis() as u64,
+                        "flush_interval_ms" => s.storage.flush_interval.as_millis() as u64,
                         _ => s.shutdown_grace.as_millis() as u64,
                     }),
                 }
@@ -1700,6 +1859,7 @@ mod tests {
             s.max_clock_drift.as_millis() as u64,
             s.partial_timeout.as_millis() as u64,
             s.shutdown_grace.as_millis() as u64,
+            s.storage.flush_interval.as_millis() as u64,
         ];
         for ((p, _), v) in NUMERIC.iter().zip(got) {
             assert_eq!(p.default.unwrap().parse::<u64>().unwrap(), v, "{}", p.key);
@@ -1925,6 +2085,43 @@ mod tests {
     }
 
     #[test]
+    fn storage_settings_parse_and_refuse_what_cannot_work() {
+        let s = server(&[], SERVER_BASE).unwrap();
+        assert!(s.storage.data_dirs.is_empty(), "DRAM only by default");
+        assert_eq!(s.storage.durability, Durability::Async);
+        assert_eq!(
+            (s.storage.drive_capacity, s.storage.segment_size, s.storage.drive_queue),
+            (None, 64 * MIB, 256 * MIB)
+        );
+        let s = server(
+            &[
+                ("data_dir", "/mnt/a, /mnt/b"),
+                ("durability", "SYNC"),
+                ("drive_capacity", "1GiB"),
+                ("segment_size", "8MiB"),
+            ],
+            SERVER_BASE,
+        )
+        .unwrap();
+        assert_eq!(s.storage.data_dirs, vec![PathBuf::from("/mnt/a"), PathBuf::from("/mnt/b")]);
+        assert_eq!((s.storage.durability, s.storage.drive_capacity), (Durability::Sync, Some(GIB)));
+        let e = server_err(&[("MEMKV_DURABILITY", "sync")]);
+        assert!(e.contains("MEMKV_DURABILITY=\"sync\"") && e.contains("set MEMKV_DATA_DIR"), "{e}");
+        let e = server_err(&[("MEMKV_DATA_DIR", "/a,/a/"), ("MEMKV_DURABILITY", "sync")]);
+        assert!(e.contains("listed twice"), "{e}");
+        let e = server_err(&[("MEMKV_DATA_DIR", "/a,,/b")]);
+        assert!(e.contains("an entry is empty"), "{e}");
+        let e = server_err(&[("MEMKV_DATA_DIR", "/a"), ("MEMKV_DURABILITY", "fsync")]);
+        assert!(e.ends_with("expected `none`, `async` or `sync`"), "{e}");
+        let e = server_err(&[("MEMKV_DATA_DIR", "/a"), ("MEMKV_DRIVE_CAPACITY", "100MiB")]);
+        assert!(e.contains("below 4 segments of 64 MiB"), "{e}");
+        let e = server_err(&[("MEMKV_SEGMENT_SIZE", "512KiB")]);
+        assert!(e.ends_with("expected 1MiB..=1GiB"), "{e}");
+        let e = server_err(&[("MEMKV_DRIVE_QUEUE", "1KiB")]);
+        assert!(e.contains("at least 1 MiB"), "{e}");
+    }
+
+    #[test]
     fn defaults_in_errors_are_labelled_default() {
         let m = server_err(&[("MEMKV_LISTEN", "0.0.0.0:65535"), ("MEMKV_MAX_OBJECT_SIZE", "2GiB")]);
         assert!(m.contains("MEMKV_LISTEN"), "listen is checked first: {m}");
@@ -2028,7 +2225,8 @@ mod tests {
             assert!(PARAMS[..i].iter().all(|q| q.key != p.key));
             assert_eq!(find_param(p.env), Some(p));
             assert_eq!(find_param(p.key), Some(p));
-            assert!(p.default.is_some() || p.is_required() || p.is_derived() || p.key == "config", "{}", p.key);
+            let optional = ["config", "data_dir"].contains(&p.key);
+            assert!(p.default.is_some() || p.is_required() || p.is_derived() || optional, "{}", p.key);
         }
         assert_eq!(find_param("nope"), None);
     }

@@ -59,6 +59,24 @@ struct Args {
     /// How long shutdown waits for in-flight requests [env: MEMKV_SHUTDOWN_GRACE_MS] [default: 10000]
     #[arg(long, value_name = "MS")]
     shutdown_grace_ms: Option<String>,
+    /// A drive directory of the durable tier; repeat once per drive [env: MEMKV_DATA_DIR, comma-separated] [default: none, DRAM only]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Vec<String>,
+    /// Bytes MemKV may use on each drive, or auto [env: MEMKV_DRIVE_CAPACITY] [default: auto]
+    #[arg(long, value_name = "SIZE")]
+    drive_capacity: Option<String>,
+    /// none, async or sync: when a PUT is on stable storage [env: MEMKV_DURABILITY] [default: async]
+    #[arg(long, value_name = "LEVEL")]
+    durability: Option<String>,
+    /// Longest wait before an async write is synced [env: MEMKV_FLUSH_INTERVAL_MS] [default: 100]
+    #[arg(long, value_name = "MS")]
+    flush_interval_ms: Option<String>,
+    /// Bytes of writes that may wait for the drives [env: MEMKV_DRIVE_QUEUE] [default: 256MiB]
+    #[arg(long, value_name = "SIZE")]
+    drive_queue: Option<String>,
+    /// Segment file size on the drives [env: MEMKV_SEGMENT_SIZE] [default: 64MiB]
+    #[arg(long, value_name = "SIZE")]
+    segment_size: Option<String>,
     /// Log format (level via MEMKV_LOG, e.g. `debug`)
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -79,9 +97,17 @@ impl Args {
             ("max_clock_drift_ms", &self.max_clock_drift_ms),
             ("partial_timeout_ms", &self.partial_timeout_ms),
             ("shutdown_grace_ms", &self.shutdown_grace_ms),
+            ("drive_capacity", &self.drive_capacity),
+            ("durability", &self.durability),
+            ("flush_interval_ms", &self.flush_interval_ms),
+            ("drive_queue", &self.drive_queue),
+            ("segment_size", &self.segment_size),
         ];
         let mut m: BTreeMap<String, String> =
             pairs.into_iter().filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v))).collect();
+        if !self.data_dir.is_empty() {
+            m.insert("data_dir".into(), self.data_dir.join(","));
+        }
         if self.require_payload_mac {
             m.insert("require_payload_mac".into(), "true".into());
         }

@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::drive::TierSnapshot;
 use super::store::StoreCounters;
 use crate::wire::{Op, Status};
 
@@ -91,6 +92,8 @@ pub(crate) struct Snapshot {
     pub(crate) used: u64,
     pub(crate) objects: u64,
     pub(crate) store: StoreCounters,
+    /// The drive tier, when the node has drives.
+    pub(crate) tier: Option<TierSnapshot>,
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, f64)]) {
@@ -180,7 +183,69 @@ pub(crate) fn render(stats: &Stats, s: &Snapshot) -> String {
         stats.auth_failures_by_reason().map(|(r, v)| (format!("reason=\"{r}\""), v as f64)).collect();
     let auth: Vec<(&str, f64)> = auth.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     metric(&mut o, "memkv_auth_failures_total", "counter", "Rejected authentication attempts and frames.", &auth);
+    if let Some(t) = &s.tier {
+        render_tier(&mut o, t);
+    }
     o
+}
+
+fn render_tier(o: &mut String, t: &TierSnapshot) {
+    let counters: [(&str, &str, &str, u64); 10] = [
+        ("memkv_drive_objects", "gauge", "Objects in the drive tier (on a drive or queued for one).", t.objects),
+        ("memkv_drive_queued_bytes", "gauge", "Bytes of writes waiting for the drives.", t.queued_bytes),
+        ("memkv_drive_hits_total", "counter", "DRAM misses served from a drive (and promoted).", t.drive_hits),
+        (
+            "memkv_drive_misses_total",
+            "counter",
+            "Drive reads that produced nothing (damaged, evicted meanwhile, no room).",
+            t.drive_misses,
+        ),
+        (
+            "memkv_drive_corrupt_records_total",
+            "counter",
+            "Records that failed verification on read; dropped, never served.",
+            t.corrupt,
+        ),
+        ("memkv_drive_evictions_total", "counter", "Objects evicted from the drives to make room.", t.evictions),
+        ("memkv_drive_evicted_bytes_total", "counter", "Bytes of objects evicted from the drives.", t.evicted_bytes),
+        (
+            "memkv_drive_reinserted_total",
+            "counter",
+            "Objects read since written, kept when their segment was reclaimed.",
+            t.reinserted,
+        ),
+        (
+            "memkv_drive_rejected_writes_total",
+            "counter",
+            "Writes no drive could take (too large, no drive online).",
+            t.rejected,
+        ),
+        ("memkv_drive_flushes_total", "counter", "Explicit flushes (POST /v1/flush).", t.flushes),
+    ];
+    for (name, kind, help, v) in counters {
+        metric(o, name, kind, help, &[("", v as f64)]);
+    }
+    type Gauge = fn(&super::drive::DriveSnapshot) -> f64;
+    let per_drive: [(&str, &str, &str, Gauge); 5] = [
+        ("memkv_drive_online", "gauge", "1 when the drive is online, 0 when it failed.", |d| {
+            f64::from(u8::from(d.online))
+        }),
+        ("memkv_drive_capacity_bytes", "gauge", "Bytes MemKV may use on the drive.", |d| d.capacity as f64),
+        ("memkv_drive_used_bytes", "gauge", "Bytes of segment files on the drive.", |d| d.used as f64),
+        ("memkv_drive_write_errors_total", "counter", "Failed writes and syncs on the drive.", |d| {
+            d.write_errors as f64
+        }),
+        ("memkv_drive_read_errors_total", "counter", "Failed reads on the drive.", |d| d.read_errors as f64),
+    ];
+    for (name, kind, help, f) in per_drive {
+        let labels: Vec<(String, f64)> = t
+            .drives
+            .iter()
+            .map(|d| (format!("drive=\"{}\"", d.path.replace('\\', "\\\\").replace('"', "\\\"")), f(d)))
+            .collect();
+        let labels: Vec<(&str, f64)> = labels.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        metric(o, name, kind, help, &labels);
+    }
 }
 
 #[cfg(test)]
@@ -200,6 +265,7 @@ mod tests {
             used: 5,
             objects: 1,
             store: StoreCounters { hits: 2, misses: 3, ..StoreCounters::default() },
+            tier: None,
         };
         let t = render(&st, &snap);
         assert!(t.contains("memkv_requests_total{op=\"get\"} 2"));

@@ -7,6 +7,7 @@
 
 mod admin;
 mod arena;
+mod drive;
 mod metrics;
 mod session;
 mod store;
@@ -25,12 +26,15 @@ use crate::auth::{AuthKey, NonceCache};
 use crate::config::{ServerConfig, format_size};
 use crate::license::License;
 use crate::wire::{Limits, MAX_BATCH_PAYLOAD, MAX_META_LEN};
+use drive::{Durable, Persist, Tier};
 use metrics::{Snapshot, Stats};
-use store::Store;
+use store::{Object, Store};
 
 /// Everything the sessions and the admin endpoint share.
 pub(crate) struct Ctx {
     store: Store,
+    /// The drive tier behind the DRAM store, when the node has drives.
+    tier: Option<Tier>,
     stats: Stats,
     key: AuthKey,
     node_id: String,
@@ -45,16 +49,94 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
+    /// Makes a received object visible under `key`; with drives, returns the write to queue.
+    fn publish(&self, key: Box<[u8]>, obj: Arc<Object>) -> Option<Persist> {
+        match &self.tier {
+            Some(t) => Some(t.publish(&self.store, key, obj)),
+            None => {
+                self.store.publish(key, obj);
+                None
+            }
+        }
+    }
+
+    /// Queues writes for the drives (waiting while the queue is full); the receivers resolve
+    /// when `sync` writes are on stable storage.
+    async fn persist(&self, writes: Vec<Persist>) -> Vec<Durable> {
+        let mut waits = Vec::new();
+        if let Some(t) = &self.tier {
+            for p in writes {
+                waits.extend(t.persist(p).await);
+            }
+        }
+        waits
+    }
+
+    /// The object under `key`: from DRAM, else read through from the drive tier. Counted.
+    async fn lookup(&self, key: &[u8]) -> Option<Arc<Object>> {
+        let found = match (self.store.get(key), &self.tier) {
+            (Some(o), Some(t)) => {
+                t.touch(key);
+                Some(o)
+            }
+            (Some(o), None) => Some(o),
+            (None, Some(t)) => t.read_through(&self.store, key).await,
+            (None, None) => None,
+        };
+        self.store.count_lookup(found.is_some());
+        found
+    }
+
+    /// Deletes `key` from every tier. True if it existed.
+    async fn delete(&self, key: &[u8]) -> Result<bool, String> {
+        let Some(t) = &self.tier else { return Ok(self.store.delete(key)) };
+        let (found, tombstone) = t.delete(&self.store, key);
+        if let Some(p) = tombstone {
+            for w in self.persist(vec![p]).await {
+                w.await.map_err(|_| "the drive writer stopped".to_string())??;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Sizes of `keys` in any tier, without promoting them.
+    fn sizes(&self, keys: &[&[u8]]) -> Vec<Option<u64>> {
+        let mut sizes = self.store.sizes(keys.iter().copied());
+        if let Some(t) = &self.tier {
+            for (s, k) in sizes.iter_mut().zip(keys) {
+                if s.is_none() {
+                    *s = t.size(k);
+                }
+            }
+        }
+        sizes
+    }
+
+    /// `"ok"`, `"degraded"` (a drive is offline) or `"shutting_down"`.
+    fn health_state(&self) -> &'static str {
+        if self.draining.load(Ordering::Relaxed) {
+            "shutting_down"
+        } else if self.tier.as_ref().is_some_and(Tier::degraded) {
+            "degraded"
+        } else {
+            "ok"
+        }
+    }
+
     /// The `/v1/status` document (also the NODE_INFO answer).
     fn status(&self) -> serde_json::Value {
         let c = self.store.counters();
         let arena = self.store.arena();
+        let storage = match &self.tier {
+            Some(t) => t.status_json(),
+            None => serde_json::json!({ "mode": "memory" }),
+        };
         serde_json::json!({
             "node_id": self.node_id,
             "version": env!("CARGO_PKG_VERSION"),
             "protocol_version": crate::wire::VERSION,
             "uptime_secs": self.started.elapsed().as_secs(),
-            "state": if self.draining.load(Ordering::Relaxed) { "shutting_down" } else { "serving" },
+            "state": match self.health_state() { "ok" => "serving", other => other },
             "capacity_bytes": arena.capacity(),
             "used_bytes": arena.used(),
             "largest_free_bytes": arena.largest_free(),
@@ -72,6 +154,7 @@ impl Ctx {
             "auth_failures_by_reason": self.stats.auth_failures_by_reason().collect::<std::collections::BTreeMap<_, _>>(),
             "invalid_frames": Stats::load(&self.stats.invalid_frames),
             "license": self.license_summary,
+            "storage": storage,
         })
     }
 
@@ -85,6 +168,7 @@ impl Ctx {
                 used: arena.used(),
                 objects: self.store.object_count() as u64,
                 store: self.store.counters(),
+                tier: self.tier.as_ref().map(Tier::snapshot),
             },
         )
     }
@@ -106,6 +190,9 @@ pub enum StartError {
         /// OS error.
         source: std::io::Error,
     },
+    /// A drive directory cannot be used (wrong path, foreign data, newer format, in use).
+    #[error("{0}")]
+    Storage(String),
     /// A port could not be bound.
     #[error("cannot bind the {what} address {addr}: {source}; choose another address with {flag}")]
     Bind {
@@ -136,6 +223,11 @@ impl Server {
         license.check_capacity(cfg.memory)?;
         let arena = arena::Arena::new(cfg.memory)
             .map_err(|source| StartError::Arena { size: format_size(cfg.memory), source })?;
+        // Queued drive writes pin arena memory: a quarter of it at most, so PUTs keep room.
+        let tier = match cfg.storage.data_dirs.is_empty() {
+            true => None,
+            false => Some(Tier::open(&cfg.storage, cfg.memory / 4).map_err(StartError::Storage)?),
+        };
         let data = TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Bind {
             what: "data",
             addr: cfg.listen,
@@ -151,6 +243,7 @@ impl Server {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let ctx = Arc::new(Ctx {
             store: Store::new(arena, cfg.max_object_size, cfg.partial_timeout),
+            tier,
             stats: Stats::default(),
             key: cfg.auth_key,
             node_id: cfg.node_id,
@@ -237,6 +330,11 @@ impl Server {
             conns.shutdown().await;
         }
         sweeper.abort();
+        if ctx.tier.is_some() {
+            let c = Arc::clone(&ctx);
+            let _ = tokio::task::spawn_blocking(move || c.tier.as_ref().map(Tier::shutdown)).await;
+            tracing::info!("drive tier flushed and sealed");
+        }
         let _ = admin_task.await;
         tracing::info!("memkv-server stopped");
     }

@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::Ctx;
+use super::drive::Durable;
 use super::metrics::AuthFailure;
 use super::store::{Object, PartWrite, Store};
 use crate::auth::{
@@ -62,15 +63,34 @@ struct Reply {
     header: Header,
     meta: Vec<u8>,
     body: Body,
+    /// Drive writes (`sync` durability) that must be on stable storage before this answer goes.
+    durable: Vec<Durable>,
 }
 
 impl Reply {
     fn new(req: &Header, status: Status) -> Self {
-        Self { header: Header::response_to(req, status), meta: Vec::new(), body: Body::Empty }
+        Self { header: Header::response_to(req, status), meta: Vec::new(), body: Body::Empty, durable: Vec::new() }
     }
 
     fn error(req: &Header, status: Status, message: impl Into<String>) -> Self {
-        Self { header: Header::response_to(req, status), meta: message.into().into_bytes(), body: Body::Empty }
+        Self { meta: message.into().into_bytes(), ..Self::new(req, status) }
+    }
+
+    /// Waits for this answer's drive writes; a failed one turns the answer into an error, so
+    /// that a PUT is never acknowledged as durable when it is not.
+    async fn settle(&mut self) {
+        for w in self.durable.drain(..) {
+            let why = match w.await {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(_) => "the drive writer stopped".to_string(),
+            };
+            let msg = format!("the object is in memory but not on stable storage (sync durability): {why}");
+            self.header.status = Status::ServerError as u16;
+            self.header.count = 0;
+            self.meta = msg.into_bytes();
+            self.body = Body::Empty;
+        }
     }
 }
 
@@ -237,6 +257,7 @@ enum Received {
 }
 
 /// Outcome of one PUT entry.
+#[derive(Debug)]
 struct EntryOutcome {
     status: Status,
     message: String,
@@ -310,11 +331,11 @@ impl<R: AsyncRead + Unpin> Conn<R> {
             Op::PutBatch => self.put_batch(&h, &f).await,
             Op::Get => {
                 let ok = self.skip_payload(&h).await;
-                ok && self.send(self.get(&h, &f.meta)).await
+                ok && self.send(self.get(&h, &f.meta).await).await
             }
             Op::GetBatch => {
                 let ok = self.skip_payload(&h).await;
-                ok && self.send(self.get_batch(&h, &f.meta)).await
+                ok && self.send(self.get_batch(&h, &f.meta).await).await
             }
             Op::Exists => {
                 let ok = self.skip_payload(&h).await;
@@ -324,8 +345,11 @@ impl<R: AsyncRead + Unpin> Conn<R> {
                 let ok = self.skip_payload(&h).await;
                 let r = match wire::check_key(&f.meta) {
                     Err(e) => Reply::error(&h, e.status(), e.to_string()),
-                    Ok(()) if self.ctx.store.delete(&f.meta) => Reply::new(&h, Status::Ok),
-                    Ok(()) => Reply::new(&h, Status::NotFound),
+                    Ok(()) => match self.ctx.delete(&f.meta).await {
+                        Ok(true) => Reply::new(&h, Status::Ok),
+                        Ok(false) => Reply::new(&h, Status::NotFound),
+                        Err(e) => Reply::error(&h, Status::ServerError, format!("the delete is not durable: {e}")),
+                    },
                 };
                 ok && self.send(r).await
             }
@@ -350,11 +374,11 @@ impl<R: AsyncRead + Unpin> Conn<R> {
         n == 0 || self.rd.skip(n).await.is_ok()
     }
 
-    fn get(&self, h: &Header, key: &[u8]) -> Reply {
+    async fn get(&self, h: &Header, key: &[u8]) -> Reply {
         if let Err(e) = wire::check_key(key) {
             return Reply::error(h, e.status(), e.to_string());
         }
-        let Some(obj) = self.ctx.store.get(key) else { return Reply::new(h, Status::NotFound) };
+        let Some(obj) = self.ctx.lookup(key).await else { return Reply::new(h, Status::NotFound) };
         // A GET request carries no payload; the wanted length travels in `total` (0 = to the end).
         let range = match object_range(&obj, h.offset, h.total) {
             Ok(r) => r,
@@ -369,17 +393,19 @@ impl<R: AsyncRead + Unpin> Conn<R> {
         r
     }
 
-    fn get_batch(&self, h: &Header, meta: &[u8]) -> Reply {
+    async fn get_batch(&self, h: &Header, meta: &[u8]) -> Reply {
         let entries = match wire::decode_get_entries(meta, h.count) {
             Ok(e) => e,
             Err(e) => return Reply::error(h, e.status(), e.to_string()),
         };
+        // Drive reads of one batch run side by side.
+        let found = futures_util::future::join_all(entries.iter().map(|e| self.ctx.lookup(e.key))).await;
         let mut answers = Vec::with_capacity(entries.len());
         let mut parts = Vec::new();
         let mut budget = MAX_BATCH_PAYLOAD;
-        for e in &entries {
+        for (e, obj) in entries.iter().zip(found) {
             let none = |status| BatchGetAnswer { status, length: 0, total: 0, crc: 0 };
-            let Some(obj) = self.ctx.store.get(e.key) else {
+            let Some(obj) = obj else {
                 answers.push(none(Status::NotFound));
                 continue;
             };
@@ -409,7 +435,7 @@ impl<R: AsyncRead + Unpin> Conn<R> {
             Ok(k) => k,
             Err(e) => return Reply::error(h, e.status(), e.to_string()),
         };
-        let sizes = self.ctx.store.sizes(keys.iter().copied());
+        let sizes = self.ctx.sizes(&keys);
         let mut r = Reply::new(h, Status::Ok);
         r.header.count = sizes.len() as u32;
         wire::encode_exists_answer(sizes.into_iter().map(|s| s.unwrap_or(ABSENT)), &mut r.meta);
@@ -418,9 +444,9 @@ impl<R: AsyncRead + Unpin> Conn<R> {
 
     async fn put(&mut self, h: &Header, f: &FrameHead) -> bool {
         let entry = BatchPutEntry { key: &f.meta, offset: h.offset, length: h.length, total: h.total, crc: h.crc };
-        let Some(mut outcomes) = self.receive_entries(h, &f.mac, &[entry]).await else { return false };
+        let Some((mut outcomes, durable)) = self.receive_entries(h, &f.mac, &[entry]).await else { return false };
         let o = outcomes.pop().unwrap_or(EntryOutcome { status: Status::ServerError, message: String::new() });
-        self.send(Reply::error(h, o.status, o.message)).await
+        self.send(Reply { durable, ..Reply::error(h, o.status, o.message) }).await
     }
 
     async fn put_batch(&mut self, h: &Header, f: &FrameHead) -> bool {
@@ -431,22 +457,24 @@ impl<R: AsyncRead + Unpin> Conn<R> {
                 return self.send(Reply::error(h, e.status(), e.to_string())).await && ok;
             }
         };
-        let Some(outcomes) = self.receive_entries(h, &f.mac, &entries).await else { return false };
-        let mut r = Reply::new(h, Status::Ok);
+        let Some((outcomes, durable)) = self.receive_entries(h, &f.mac, &entries).await else { return false };
+        let mut r = Reply { durable, ..Reply::new(h, Status::Ok) };
         r.header.count = outcomes.len() as u32;
         wire::encode_statuses(outcomes.iter().map(|o| o.status), &mut r.meta);
         self.send(r).await
     }
 
     /// Receives the payload of a PUT or PUT_BATCH entry by entry, each straight into its arena
-    /// range; verifies CRCs (and the payload MAC); then makes the good entries visible.
-    /// `None` when the connection must close.
+    /// range; verifies CRCs (and the payload MAC); then makes the good entries visible and
+    /// queues them for the drives (waiting while the drive queue is full). Returns the outcomes
+    /// and, under `sync` durability, what the answer must wait for. `None` when the connection
+    /// must close.
     async fn receive_entries(
         &mut self,
         h: &Header,
         header_mac: &[u8; MAC_LEN],
         entries: &[BatchPutEntry<'_>],
-    ) -> Option<Vec<EntryOutcome>> {
+    ) -> Option<(Vec<EntryOutcome>, Vec<Durable>)> {
         let ctx = Arc::clone(&self.ctx);
         let store: &Store = &ctx.store;
         // Frames without payload carry no payload MAC trailer, in either direction.
@@ -486,7 +514,7 @@ impl<R: AsyncRead + Unpin> Conn<R> {
             let Ok(crc) = self.rd.read_into_crc(buf).await else {
                 io_failed = true;
                 if let Received::Part(w, _) = item {
-                    store.finish_part(w, false);
+                    drop(store.finish_part(w, false));
                 }
                 break;
             };
@@ -505,7 +533,7 @@ impl<R: AsyncRead + Unpin> Conn<R> {
             } else {
                 outcomes.push(refused(Status::ChecksumMismatch, format!("payload CRC32C mismatch (expected {:#010x}); the bytes were damaged in transit and were not stored", e.crc)));
                 if let Received::Part(w, _) = item {
-                    store.finish_part(w, false);
+                    drop(store.finish_part(w, false));
                 }
             }
         }
@@ -518,15 +546,18 @@ impl<R: AsyncRead + Unpin> Conn<R> {
             mac_ok = !io_failed && p.verify(&tag).is_ok();
         }
         let commit = !io_failed && mac_ok;
+        let mut writes = Vec::new();
         for item in received {
-            match item {
-                Received::Whole(key, slot, crc) if commit => store.commit(key, slot, crc),
-                Received::Whole(..) => {}
-                Received::Part(w, ok) => {
-                    store.finish_part(w, ok && commit);
-                }
+            let done = match item {
+                Received::Whole(key, slot, crc) if commit => Some((key, Arc::new(Object::new(slot.freeze(), crc)))),
+                Received::Whole(..) => None,
+                Received::Part(w, ok) => store.finish_part(w, ok && commit),
+            };
+            if let Some((key, obj)) = done {
+                writes.extend(ctx.publish(key, obj));
             }
         }
+        let durable = ctx.persist(writes).await;
         if io_failed {
             return None;
         }
@@ -541,7 +572,7 @@ impl<R: AsyncRead + Unpin> Conn<R> {
             .await;
             return None;
         }
-        Some(outcomes)
+        Some((outcomes, durable))
     }
 
     async fn skip_entry(&mut self, len: u64, pmac: Option<&mut PayloadMac>) -> std::io::Result<()> {
@@ -579,6 +610,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut batch: Vec<Reply> = Vec::with_capacity(WRITE_BATCH);
     // Everything queued so far (up to WRITE_BATCH) goes out in one writev.
     while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        for r in batch.iter_mut() {
+            r.settle().await;
+        }
         let mut frames: Vec<FrameOut<'_>> = batch
             .iter_mut()
             .map(|r| FrameOut { header: &mut r.header, meta: &r.meta, payload: r.body.slices() })

@@ -37,6 +37,10 @@ pub(crate) struct Object {
 }
 
 impl Object {
+    /// A complete object over `slot`, whose bytes have CRC32C `crc`.
+    pub(crate) fn new(slot: Slot, crc: u32) -> Self {
+        Self { slot, crc }
+    }
     /// All bytes.
     pub(crate) fn bytes(&self) -> &[u8] {
         self.slot.bytes()
@@ -229,18 +233,32 @@ impl Store {
         }
     }
 
-    /// Makes a fully received, checksummed object visible under `key`.
-    pub(crate) fn commit(&self, key: Box<[u8]>, slot: SlotMut, crc: u32) {
-        let obj = Arc::new(Object { slot: slot.freeze(), crc });
+    /// Makes `obj` visible under `key` (replacing any older object: the last write wins).
+    pub(crate) fn publish(&self, key: Box<[u8]>, obj: Arc<Object>) {
         let old = self.index.lock().objects.put(key, obj);
         drop(old);
     }
 
-    /// The object under `key`, pinned, promoted to most recently used.
+    /// Makes `obj` visible under `key` unless an object is already there (a promotion from the
+    /// drive tier never replaces a newer write). Returns the object now visible.
+    pub(crate) fn publish_if_absent(&self, key: Box<[u8]>, obj: Arc<Object>) -> Arc<Object> {
+        let mut ix = self.index.lock();
+        if let Some(o) = ix.objects.get(&key) {
+            return Arc::clone(o);
+        }
+        ix.objects.put(key, Arc::clone(&obj));
+        obj
+    }
+
+    /// The object under `key`, pinned, promoted to most recently used. Not counted: the caller
+    /// counts the lookup once it has asked every tier ([`Store::count_lookup`]).
     pub(crate) fn get(&self, key: &[u8]) -> Option<Arc<Object>> {
-        let found = self.index.lock().objects.get(key).cloned();
-        add(if found.is_some() { &self.counters.hits } else { &self.counters.misses }, 1);
-        found
+        self.index.lock().objects.get(key).cloned()
+    }
+
+    /// Counts a GET lookup as a hit or a miss.
+    pub(crate) fn count_lookup(&self, found: bool) {
+        add(if found { &self.counters.hits } else { &self.counters.misses }, 1);
     }
 
     /// Sizes of the keys (None when absent), without promoting them.
@@ -309,15 +327,15 @@ impl Store {
     }
 
     /// Ends a ranged write. With `ok` (CRC matched) the range counts as received; when the whole
-    /// object has arrived it is checksummed and becomes visible. Returns whether it completed.
-    pub(crate) fn finish_part(&self, w: PartWrite, ok: bool) -> bool {
+    /// object has arrived it is checksummed and returned, for the caller to publish.
+    pub(crate) fn finish_part(&self, w: PartWrite, ok: bool) -> Option<(Box<[u8]>, Arc<Object>)> {
         let PartWrite { key, buf, generation, offset, len } = w;
         let range = (offset, offset + len);
         let complete = {
             let mut ix = self.index.lock();
             let Some(p) = ix.partial.get_mut(&key).filter(|p| p.generation == generation) else {
                 // Superseded by a write with another size, deleted, or expired: nothing to do.
-                return false;
+                return None;
             };
             if let Some(i) = p.writing.iter().position(|&r| r == range) {
                 p.writing.swap_remove(i);
@@ -329,17 +347,14 @@ impl Store {
             let full = p.done.first() == Some(&(0, buf.len())) && p.writing.is_empty();
             if full { ix.partial.remove(&key) } else { None }
         };
-        let Some(p) = complete else { return false };
+        let p = complete?;
         drop(p.buf);
         // Every clone of the buffer except ours is gone: the partial entry was removed and no
         // writer is registered (a PartWrite exists only while its range is in `writing`).
-        let Ok(buf) = Arc::try_unwrap(buf) else { return false };
+        let buf = Arc::try_unwrap(buf).ok()?;
         let slot = buf.freeze();
         let crc = crc32c::crc32c(slot.bytes());
-        let obj = Arc::new(Object { slot, crc });
-        let old = self.index.lock().objects.put(key, obj);
-        drop(old);
-        true
+        Some((key, Arc::new(Object { slot, crc })))
     }
 
     /// Drops partial objects untouched for longer than the partial timeout.
@@ -374,7 +389,16 @@ mod tests {
         let mut slot = s.reserve(len).unwrap();
         slot.bytes_mut().fill(fill);
         let crc = crc32c::crc32c(slot.bytes_mut());
-        s.commit(key.as_bytes().into(), slot, crc);
+        s.publish(key.as_bytes().into(), Arc::new(Object::new(slot.freeze(), crc)));
+    }
+
+    fn finish(s: &Store, w: PartWrite, ok: bool) -> bool {
+        let done = s.finish_part(w, ok);
+        let complete = done.is_some();
+        if let Some((k, o)) = done {
+            s.publish(k, o);
+        }
+        complete
     }
 
     #[test]
@@ -385,6 +409,8 @@ mod tests {
         assert_eq!(o.bytes(), &[1u8; 100][..]);
         assert_eq!(o.crc(), crc32c::crc32c(&[1u8; 100]));
         assert!(s.get(b"b").is_none());
+        s.count_lookup(true);
+        s.count_lookup(false);
         let c = s.counters();
         assert_eq!((c.hits, c.misses), (1, 1));
     }
@@ -429,10 +455,10 @@ mod tests {
         let mut w1 = s.begin_part(b"k", 0, 4, 8).unwrap();
         let mut w2 = s.begin_part(b"k", 4, 4, 8).unwrap();
         w2.bytes_mut().copy_from_slice(b"5678");
-        assert!(!s.finish_part(w2, true));
+        assert!(!finish(&s, w2, true));
         assert!(s.get(b"k").is_none(), "half an object must not be visible");
         w1.bytes_mut().copy_from_slice(b"1234");
-        assert!(s.finish_part(w1, true));
+        assert!(finish(&s, w1, true));
         let o = s.get(b"k").unwrap();
         assert_eq!(o.bytes(), b"12345678");
         assert_eq!(o.crc(), crc32c::crc32c(b"12345678"));
@@ -442,11 +468,11 @@ mod tests {
     fn a_part_with_a_bad_checksum_does_not_count() {
         let s = store(4096);
         let w = s.begin_part(b"k", 0, 4, 4).unwrap();
-        assert!(!s.finish_part(w, false));
+        assert!(!finish(&s, w, false));
         assert!(s.get(b"k").is_none());
         let mut w = s.begin_part(b"k", 0, 4, 4).unwrap();
         w.bytes_mut().copy_from_slice(b"abcd");
-        assert!(s.finish_part(w, true));
+        assert!(finish(&s, w, true));
         assert_eq!(s.get(b"k").unwrap().bytes(), b"abcd");
     }
 
@@ -464,7 +490,7 @@ mod tests {
     fn stale_partial_objects_expire_and_release_their_memory() {
         let s = store(128);
         let w = s.begin_part(b"k", 0, 64, 128).unwrap();
-        assert!(!s.finish_part(w, true));
+        assert!(!finish(&s, w, true));
         assert_eq!(s.arena().used(), 128);
         s.expire_partials(Instant::now() + Duration::from_secs(31));
         assert_eq!(s.arena().used(), 0);
@@ -475,6 +501,22 @@ mod tests {
     fn objects_over_the_limit_are_too_large() {
         let s = Store::new(Arena::new(4096).unwrap(), 100, Duration::from_secs(1));
         assert_eq!(s.reserve(101).err().unwrap().status(), Status::PayloadTooLarge);
+    }
+
+    #[test]
+    fn a_promotion_never_replaces_a_newer_write() {
+        let s = store(4096);
+        put(&s, "k", 2, 10);
+        let mut slot = s.reserve(10).unwrap();
+        slot.bytes_mut().fill(1);
+        let old = Arc::new(Object::new(slot.freeze(), crc32c::crc32c(&[1u8; 10])));
+        assert_eq!(s.publish_if_absent(b"k".as_slice().into(), old).bytes(), &[2u8; 10][..]);
+        assert_eq!(s.get(b"k").unwrap().bytes(), &[2u8; 10][..]);
+        s.delete(b"k");
+        let mut slot = s.reserve(10).unwrap();
+        slot.bytes_mut().fill(3);
+        let promoted = Arc::new(Object::new(slot.freeze(), crc32c::crc32c(&[3u8; 10])));
+        assert_eq!(s.publish_if_absent(b"k".as_slice().into(), promoted).bytes(), &[3u8; 10][..]);
     }
 
     #[test]
