@@ -194,10 +194,16 @@ impl Drop for Node {
 
 /// Minimal HTTP/1.1 GET (the admin endpoint is plain HTTP on loopback).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path)
+}
+
+/// Minimal HTTP/1.1 request without a body: (status code, body).
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect admin");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .expect("write");
     let mut resp = String::new();
     s.read_to_string(&mut resp).expect("read");
     let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status code");

@@ -65,6 +65,10 @@ pub(crate) struct BenchArgs {
     /// Key prefix (inside the namespace)
     #[arg(long, default_value = "memkv-bench")]
     prefix: String,
+    /// Skip the fill before `get`/`mixed`: read what an earlier run with the same --prefix,
+    /// --size and --keys stored (e.g. after a node restart, to measure reads from its drives)
+    #[arg(long)]
+    no_fill: bool,
     /// Print JSON instead of a table
     #[arg(long, conflicts_with = "csv")]
     json: bool,
@@ -177,7 +181,7 @@ pub(crate) async fn run(conn: &ConnArgs, args: BenchArgs) -> Result<ExitCode> {
             BenchOp::Both => &[Kind::Put, Kind::Get],
             BenchOp::Mixed => &[Kind::Mixed],
         };
-        if args.op != BenchOp::Put && args.op != BenchOp::Both {
+        if args.op != BenchOp::Put && args.op != BenchOp::Both && !args.no_fill {
             fill(&client, &values).await?;
         }
         for &kind in phases {
