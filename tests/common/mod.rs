@@ -197,18 +197,26 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http_request(addr, "GET", path)
 }
 
-/// Minimal HTTP/1.1 request without a body: (status code, body).
+/// Minimal HTTP/1.1 request without a body: (status code, body). Panics on any failure.
 pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    try_http_request(addr, method, path).unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+/// [`http_request`] that reports failures (a node that may be gone).
+pub fn try_http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect admin");
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .expect("write");
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
     let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read");
-    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status code");
+    s.read_to_string(&mut resp)?;
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP status in {resp:?}")))?;
     let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, dechunk(&body))
+    Ok((code, dechunk(&body)))
 }
 
 fn dechunk(body: &str) -> String {

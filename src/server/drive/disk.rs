@@ -147,6 +147,13 @@ fn open_segment(dir: &Path, id: u32, create: bool) -> std::io::Result<File> {
     OpenOptions::new().read(true).write(true).create_new(create).open(dir.join(segment_name(id, "log")))
 }
 
+impl Head {
+    /// Whether bytes were written since the last sync.
+    pub(crate) fn dirty(&self) -> bool {
+        self.synced < self.len
+    }
+}
+
 impl Drive {
     /// Opens `path` as drive number `no`: takes its lock, checks or writes its superblock and
     /// scans its segments. An error here refuses the start (a wrong path, somebody else's data, a
@@ -397,10 +404,20 @@ impl Drive {
         Ok(())
     }
 
-    /// The records of a sealed segment, from its checkpoint.
+    /// The records of a sealed segment: from its checkpoint, or from a scan when the checkpoint
+    /// has been damaged since the segment was sealed.
     pub(crate) fn entries(&self, id: u32) -> std::io::Result<Vec<IndexEntry>> {
-        let b = std::fs::read(self.path.join(segment_name(id, "idx")))?;
-        format::decode_index(&b).map_err(std::io::Error::other)
+        let checkpoint = std::fs::read(self.path.join(segment_name(id, "idx")))
+            .map_err(|e| e.to_string())
+            .and_then(|b| format::decode_index(&b));
+        match checkpoint {
+            Ok(e) => Ok(e),
+            Err(why) => {
+                tracing::warn!(drive = %self.path.display(), segment = id, %why, "checkpoint unusable; scanning the segment");
+                let Some(file) = self.segments.read().get(&id).cloned() else { return Ok(Vec::new()) };
+                Ok(scan(&file)?.0)
+            }
+        }
     }
 
     /// Deletes segment `id` (log and checkpoint). Readers holding its file finish their reads.

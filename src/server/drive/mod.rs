@@ -81,6 +81,14 @@ enum Job {
     Stop { ack: Ack },
 }
 
+/// One attempt of a read-through.
+enum Read {
+    Found(Arc<Object>),
+    Absent,
+    /// The record moved or was replaced during the read.
+    Moved,
+}
+
 /// A write made visible in DRAM that still has to reach a drive.
 pub(crate) struct Persist {
     key: Box<[u8]>,
@@ -325,16 +333,30 @@ impl Tier {
     /// into DRAM. `None` when the key is absent, its record is damaged (counted, dropped), or no
     /// arena room can be made.
     pub(crate) async fn read_through(&self, store: &Store, key: &[u8]) -> Option<Arc<Object>> {
+        // A reclaim may move the record (second chance) or a write replace it while we read:
+        // look again, a bounded number of times.
+        for _ in 0..3 {
+            match self.read_once(store, key).await {
+                Read::Found(obj) => return Some(obj),
+                Read::Absent => return None,
+                Read::Moved => {}
+            }
+        }
+        add(&self.shared.counters.drive_misses, 1);
+        None
+    }
+
+    async fn read_once(&self, store: &Store, key: &[u8]) -> Read {
         let c = &self.shared.counters;
         let (version, drive, seg, off, len) = {
             let mut ix = self.shared.index.lock();
-            let e = ix.get_mut(key)?;
+            let Some(e) = ix.get_mut(key) else { return Read::Absent };
             e.accessed = true;
             match &e.loc {
                 Loc::Pending(obj) => {
                     let obj = store.publish_if_absent(key.into(), Arc::clone(obj));
                     add(&c.drive_hits, 1);
-                    return Some(obj);
+                    return Read::Found(obj);
                 }
                 &Loc::Disk { drive, seg, off, len } => (e.version, drive, seg, off, len),
             }
@@ -344,13 +366,13 @@ impl Tier {
             Err(e) => {
                 tracing::debug!(error = %e, "no DRAM room to promote a drive object; answering a miss");
                 add(&c.drive_misses, 1);
-                return None;
+                return Read::Absent;
             }
         };
         let d = Arc::clone(&self.drives[drive as usize]);
         if !d.is_online() {
             add(&c.drive_misses, 1);
-            return None;
+            return Read::Absent;
         }
         let owned_key: Box<[u8]> = key.into();
         let read = tokio::task::spawn_blocking(move || {
@@ -358,7 +380,7 @@ impl Tier {
             (d, owned_key, slot, r)
         })
         .await;
-        let Ok((d, owned_key, slot, r)) = read else { return None };
+        let Ok((d, owned_key, slot, r)) = read else { return Read::Absent };
         match r {
             Ok(crc) => {
                 let ix = self.shared.index.lock();
@@ -367,20 +389,15 @@ impl Tier {
                         && matches!(e.loc, Loc::Disk { drive: dr, seg: s, .. } if dr == drive && s == seg)
                 });
                 if !same {
-                    // Overwritten, deleted or moved while we read: the DRAM copy (if any) is newer.
-                    drop(ix);
-                    add(&c.drive_misses, 1);
-                    return store.get(key);
+                    // Overwritten, deleted or moved while we read: look again.
+                    return Read::Moved;
                 }
                 let obj = store.publish_if_absent(owned_key, Arc::new(Object::new(slot.freeze(), crc)));
                 drop(ix);
                 add(&c.drive_hits, 1);
-                Some(obj)
+                Read::Found(obj)
             }
-            Err(ReadError::Gone) => {
-                add(&c.drive_misses, 1);
-                None
-            }
+            Err(ReadError::Gone) => Read::Moved,
             Err(ReadError::Corrupt(why)) => {
                 add(&c.corrupt, 1);
                 add(&d.counters.corrupt_records, 1);
@@ -389,13 +406,13 @@ impl Tier {
                 if dropped {
                     tracing::warn!(drive = %d.path.display(), key = %String::from_utf8_lossy(key), %why, "damaged record dropped; answered as a miss");
                 }
-                None
+                Read::Absent
             }
             Err(ReadError::Io(e)) => {
                 add(&d.counters.read_errors, 1);
                 add(&c.drive_misses, 1);
                 tracing::warn!(drive = %d.path.display(), error = %e, "drive read failed; answered as a miss");
-                None
+                Read::Absent
             }
         }
     }
@@ -591,7 +608,7 @@ impl Writer {
         let mut last_sync = Instant::now();
         let mut acks: Vec<(Ack, Result<(), String>)> = Vec::new();
         loop {
-            let unsynced = self.head.as_ref().is_some_and(|h| h.len > 0) && self.shared.durability == Durability::Async;
+            let unsynced = self.head.as_ref().is_some_and(Head::dirty) && self.shared.durability == Durability::Async;
             let first = if unsynced {
                 match rx.recv_timeout(self.shared.flush_interval.saturating_sub(last_sync.elapsed())) {
                     Ok(j) => Some(j),
