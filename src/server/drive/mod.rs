@@ -224,7 +224,7 @@ impl Tier {
         let mut writers = Vec::new();
         for d in &drives {
             let (tx, rx) = mpsc::channel();
-            let w = Writer { shared: Arc::clone(&shared), drive: Arc::clone(d), head: None };
+            let w = Writer::new(Arc::clone(&shared), Arc::clone(d));
             let h = std::thread::Builder::new()
                 .name(format!("memkv-drive-{}", d.no))
                 .spawn(move || w.run(rx))
@@ -596,21 +596,48 @@ impl Shared {
     }
 }
 
+/// A record the writer accepted but has not written yet: a batch's records are coalesced into
+/// few `pwritev` calls (small objects would otherwise cost one system call each).
+struct Staged {
+    key: Box<[u8]>,
+    obj: Option<Arc<Object>>,
+    header: RecordHeader,
+    ack: Option<Ack>,
+    /// Queue room, released once the record is written.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Most records coalesced into one write.
+const STAGE_RECORDS: usize = 512;
+/// Most bytes coalesced into one write.
+const STAGE_BYTES: u64 = 16 << 20;
+
 /// A drive's writer thread.
 struct Writer {
     shared: Arc<Shared>,
     drive: Arc<Drive>,
     head: Option<Head>,
+    staged: Vec<Staged>,
+    staged_bytes: u64,
+    /// Answers for this group commit, sent after its sync.
+    acks: Vec<(Ack, Result<(), String>)>,
 }
 
 impl Writer {
+    fn new(shared: Arc<Shared>, drive: Arc<Drive>) -> Self {
+        Self { shared, drive, head: None, staged: Vec::new(), staged_bytes: 0, acks: Vec::new() }
+    }
+
     fn run(mut self, rx: mpsc::Receiver<Job>) {
-        let mut last_sync = Instant::now();
-        let mut acks: Vec<(Ack, Result<(), String>)> = Vec::new();
+        let durability = self.shared.durability;
+        let interval = self.shared.flush_interval;
+        let mut last_flush = Instant::now();
         loop {
-            let unsynced = self.head.as_ref().is_some_and(Head::dirty) && self.shared.durability == Durability::Async;
-            let first = if unsynced {
-                match rx.recv_timeout(self.shared.flush_interval.saturating_sub(last_sync.elapsed())) {
+            // Unsynced bytes (async) or bytes not yet handed to writeback (none) wake the writer
+            // at the flush interval even without new jobs.
+            let pending = self.head.as_ref().is_some_and(Head::dirty) && durability != Durability::Sync;
+            let first = if pending {
+                match rx.recv_timeout(interval.saturating_sub(last_flush.elapsed())) {
                     Ok(j) => Some(j),
                     Err(mpsc::RecvTimeoutError::Timeout) => None,
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -633,47 +660,38 @@ impl Writer {
             for job in batch {
                 match job {
                     Job::Put { key, obj, version, _permit, ack } => {
-                        let r = self.write(&key, Some(&obj), version);
-                        let loc = r.as_ref().ok().map(|&(seg, off)| Loc::Disk {
-                            drive: self.drive.no,
-                            seg,
-                            off,
-                            len: obj.len(),
-                        });
-                        self.shared.settle(&key, version, loc);
-                        sync |= self.shared.durability == Durability::Sync;
-                        if let Some(a) = ack {
-                            acks.push((a, r.map(|_| ())));
-                        }
+                        self.stage(key, Some(obj), version, ack, Some(_permit));
+                        sync |= durability == Durability::Sync;
                     }
                     Job::Delete { key, version, ack } => {
-                        let r = self.write(&key, None, version);
-                        sync |= self.shared.durability == Durability::Sync;
-                        if let Some(a) = ack {
-                            acks.push((a, r.map(|_| ())));
-                        }
+                        self.stage(key, None, version, ack, None);
+                        sync |= durability == Durability::Sync;
                     }
                     Job::Flush { ack } => {
+                        self.flush_staged();
                         sync = true;
-                        acks.push((ack, Ok(())));
+                        self.acks.push((ack, Ok(())));
                     }
                     Job::Stop { ack } => stop = Some(ack),
                 }
             }
-            let periodic =
-                self.shared.durability == Durability::Async && last_sync.elapsed() >= self.shared.flush_interval;
-            if sync || periodic || stop.is_some() {
-                let synced = self.sync();
-                last_sync = Instant::now();
-                if let Err(e) = synced {
-                    for (_, r) in acks.iter_mut() {
-                        if r.is_ok() {
-                            *r = Err(e.clone());
-                        }
+            self.flush_staged();
+            let due = last_flush.elapsed() >= interval;
+            if sync || stop.is_some() || (due && durability == Durability::Async) {
+                if let Err(e) = self.sync() {
+                    for (_, r) in self.acks.iter_mut().filter(|(_, r)| r.is_ok()) {
+                        *r = Err(e.clone());
                     }
                 }
+                last_flush = Instant::now();
+            } else if let Some(h) = self.head.as_mut() {
+                // Keep the drive busy between syncs instead of writing in bursts.
+                self.drive.start_writeback(h, due);
+                if due {
+                    last_flush = Instant::now();
+                }
             }
-            for (a, r) in acks.drain(..) {
+            for (a, r) in self.acks.drain(..) {
                 let _ = a.send(r);
             }
             if let Some(ack) = stop {
@@ -703,21 +721,46 @@ impl Writer {
         self.drive.sync(h).map_err(|e| self.io_failed("fdatasync", &e))
     }
 
-    /// Appends a record (a tombstone when `obj` is `None`), making room first. Returns the
-    /// segment and offset.
-    fn write(&mut self, key: &[u8], obj: Option<&Arc<Object>>, version: u64) -> Result<(u32, u64), String> {
-        if !self.drive.is_online() {
-            return Err(format!("drive {} is offline", self.drive.path.display()));
-        }
-        let value = obj.map_or(&[][..], |o| o.bytes());
-        let h = RecordHeader {
+    /// Accepts a record (a tombstone when `obj` is `None`): makes room, then stages it for the
+    /// next coalesced write. A record that cannot be written is answered (and its index entry
+    /// dropped) at once.
+    fn stage(
+        &mut self,
+        key: Box<[u8]>,
+        obj: Option<Arc<Object>>,
+        version: u64,
+        ack: Option<Ack>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
+        let header = RecordHeader {
             version,
-            value_len: value.len() as u64,
-            value_crc: obj.map_or(0, |o| o.crc()),
+            value_len: obj.as_ref().map_or(0, |o| o.len()),
+            value_crc: obj.as_ref().map_or(0, |o| o.crc()),
             key_len: key.len() as u16,
             flags: if obj.is_none() { FLAG_TOMBSTONE } else { 0 },
         };
-        let need = h.record_len();
+        if let Err(e) = self.make_room(header.record_len()) {
+            if obj.is_some() {
+                self.shared.settle(&key, version, None);
+            }
+            if let Some(a) = ack {
+                self.acks.push((a, Err(e)));
+            }
+            return;
+        }
+        self.staged_bytes += header.record_len();
+        self.staged.push(Staged { key, obj, header, ack, _permit: permit });
+        if self.staged.len() >= STAGE_RECORDS || self.staged_bytes >= STAGE_BYTES {
+            self.flush_staged();
+        }
+    }
+
+    /// Before a record of `need` bytes is staged: rolls to a new segment when the head would
+    /// overflow, and reclaims the oldest segments while the drive would pass its capacity.
+    fn make_room(&mut self, need: u64) -> Result<(), String> {
+        if !self.drive.is_online() {
+            return Err(format!("drive {} is offline", self.drive.path.display()));
+        }
         let limit = self.drive.capacity - self.shared.reserve;
         if need > limit - self.shared.segment_size.min(limit / 2) {
             add(&self.shared.counters.rejected, 1);
@@ -728,33 +771,79 @@ impl Writer {
                 format_size(self.drive.capacity)
             ));
         }
-        while self.drive.used() + need > limit {
-            let head_id = self.head.as_ref().map(|h| h.id);
-            let Some(oldest) = self.drive.oldest_segment(head_id) else { break };
-            if let Err(e) = self.reclaim(oldest) {
-                return Err(self.io_failed("reclaiming a segment", &e));
+        let head_len = self.head.as_ref().map_or(0, |h| h.len) + self.staged_bytes;
+        if head_len > 0 && head_len + need > self.shared.segment_size {
+            self.flush_staged();
+            self.seal_head()?;
+        }
+        if self.drive.used() + self.staged_bytes + need > limit {
+            self.flush_staged();
+            while self.drive.used() + need > limit {
+                let head_id = self.head.as_ref().map(|h| h.id);
+                let Some(oldest) = self.drive.oldest_segment(head_id) else { break };
+                if let Err(e) = self.reclaim(oldest) {
+                    return Err(self.io_failed("reclaiming a segment", &e));
+                }
             }
         }
-        self.append(key, value, h)
+        Ok(())
     }
 
-    /// Appends to the head segment, rolling to a new one when it is full.
-    fn append(&mut self, key: &[u8], value: &[u8], h: RecordHeader) -> Result<(u32, u64), String> {
-        let full =
-            self.head.as_ref().is_some_and(|hd| hd.len > 0 && hd.len + h.record_len() > self.shared.segment_size);
-        if full && let Some(old) = self.head.take() {
-            self.drive.seal(old).map_err(|e| self.io_failed("sealing a segment", &e))?;
+    fn seal_head(&mut self) -> Result<(), String> {
+        match self.head.take() {
+            Some(old) => self.drive.seal(old).map_err(|e| self.io_failed("sealing a segment", &e)),
+            None => Ok(()),
         }
+    }
+
+    /// Writes every staged record (few `pwritev` calls), then points the index at them and
+    /// queues their answers.
+    fn flush_staged(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        let staged = std::mem::take(&mut self.staged);
+        self.staged_bytes = 0;
+        let written = self.write_records(
+            &staged
+                .iter()
+                .map(|s| (&*s.key, s.obj.as_ref().map_or(&[][..], |o| o.bytes()), s.header))
+                .collect::<Vec<_>>(),
+        );
+        for (i, s) in staged.into_iter().enumerate() {
+            let r = written.as_ref().map(|(seg, offs)| (*seg, offs[i])).map_err(String::clone);
+            if let Some(obj) = &s.obj {
+                let loc =
+                    r.as_ref().ok().map(|&(seg, off)| Loc::Disk { drive: self.drive.no, seg, off, len: obj.len() });
+                self.shared.settle(&s.key, s.header.version, loc);
+            }
+            if let Some(a) = s.ack {
+                self.acks.push((a, r.map(|_| ())));
+            }
+        }
+    }
+
+    /// Appends records to the head segment (starting one if needed). Returns the segment and
+    /// each record's offset.
+    fn write_records(&mut self, recs: &[(&[u8], &[u8], RecordHeader)]) -> Result<(u32, Vec<u64>), String> {
         if self.head.is_none() {
             let id = self.drive.next_segment_id();
             self.head = Some(self.drive.create_head(id).map_err(|e| self.io_failed("creating a segment", &e))?);
         }
         let head = self.head.as_mut().expect("head exists");
         let seg = head.id;
-        match self.drive.append(head, key, value, h) {
-            Ok(off) => Ok((seg, off)),
-            Err(e) => Err(self.io_failed("writing a record", &e)),
+        match self.drive.append(head, recs) {
+            Ok(offs) => Ok((seg, offs)),
+            Err(e) => Err(self.io_failed("writing records", &e)),
         }
+    }
+
+    /// Appends one record now (re-insertion during a reclaim), rolling the head when full.
+    fn append_now(&mut self, key: &[u8], value: &[u8], h: RecordHeader) -> Result<(u32, u64), String> {
+        if self.head.as_ref().is_some_and(|hd| hd.len > 0 && hd.len + h.record_len() > self.shared.segment_size) {
+            self.seal_head()?;
+        }
+        self.write_records(&[(key, value, h)]).map(|(seg, offs)| (seg, offs[0]))
     }
 
     /// Frees the oldest segment: live records read since they were written are copied to the
@@ -802,7 +891,7 @@ impl Writer {
                         key_len: e.key.len() as u16,
                         flags: 0,
                     };
-                    self.append(&e.key, &buf, h).ok()
+                    self.append_now(&e.key, &buf, h).ok()
                 }
                 Err(_) => {
                     add(&c.corrupt, 1);
