@@ -137,7 +137,7 @@ impl Arena {
         let rounded = Self::rounded(len);
         let off = self.free.lock().alloc(rounded)?;
         self.used.fetch_add(rounded, Ordering::Relaxed);
-        Some(SlotMut(Range { arena: Arc::clone(self), off, len }))
+        Some(SlotMut(Range { arena: Arc::clone(self), off, alloc: rounded, skip: 0, len }))
     }
 
     fn base(&self) -> *mut u8 {
@@ -146,25 +146,29 @@ impl Arena {
     }
 }
 
-/// An allocated range; returns itself to the free list on drop.
+/// An allocated range, viewed as `[skip, skip + len)` of it (all of it unless narrowed);
+/// returns the whole allocation to the free list on drop.
 struct Range {
     arena: Arc<Arena>,
     off: u64,
+    /// Bytes allocated at `off` (rounded to the granularity).
+    alloc: u64,
+    skip: u64,
     len: u64,
 }
 
 impl Range {
     fn ptr(&self) -> *mut u8 {
-        // SAFETY: off + len <= capacity (the free list only hands out ranges inside it).
-        unsafe { self.arena.base().add(self.off as usize) }
+        // SAFETY: off + skip + len <= off + allocated length <= capacity (the free list only
+        // hands out ranges inside it, and `SlotMut::narrow` only shrinks the view).
+        unsafe { self.arena.base().add((self.off + self.skip) as usize) }
     }
 }
 
 impl Drop for Range {
     fn drop(&mut self) {
-        let rounded = Arena::rounded(self.len);
-        self.arena.free.lock().free(self.off, rounded);
-        self.arena.used.fetch_sub(rounded, Ordering::Relaxed);
+        self.arena.free.lock().free(self.off, self.alloc);
+        self.arena.used.fetch_sub(self.alloc, Ordering::Relaxed);
     }
 }
 
@@ -177,6 +181,15 @@ impl SlotMut {
         // SAFETY: a SlotMut is the only handle to its range (ranges never overlap, and the
         // SlotMut is not Clone), and `&mut self` makes this borrow unique.
         unsafe { std::slice::from_raw_parts_mut(self.0.ptr(), self.0.len as usize) }
+    }
+
+    /// Narrows the view to `[start, start + len)` of the current one (the rest stays allocated
+    /// until the slot is dropped): a read that needs alignment room around the bytes it keeps.
+    pub(crate) fn narrow(mut self, start: u64, len: u64) -> SlotMut {
+        assert!(start.checked_add(len).is_some_and(|end| end <= self.0.len), "narrowed view outside the slot");
+        self.0.skip += start;
+        self.0.len = len;
+        self
     }
 
     /// Makes the range read-only and shareable.
@@ -291,6 +304,22 @@ mod tests {
         }
         assert_eq!(p.len(), 10);
         assert_eq!(p.freeze().bytes(), b"helloworld");
+    }
+
+    #[test]
+    fn a_narrowed_slot_shows_its_window_and_frees_its_whole_allocation() {
+        let a = Arena::new(4096).unwrap();
+        let mut m = a.try_alloc(1000).unwrap();
+        for (i, b) in m.bytes_mut().iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let f = m.narrow(100, 50).narrow(10, 20).freeze();
+        assert_eq!(f.len(), 20);
+        assert_eq!(f.bytes(), &(110..130).map(|i| i as u8).collect::<Vec<_>>()[..]);
+        assert_eq!(a.used(), 1024);
+        drop(f);
+        assert_eq!(a.used(), 0);
+        assert_eq!(a.largest_free(), 4096);
     }
 
     #[test]

@@ -170,78 +170,34 @@ impl SegmentFiles {
     }
 }
 
-/// Values at least this large are read with O_DIRECT: a cold buffered read goes through the page
-/// cache and its read-ahead, which on some virtual disks reaches a quarter of the direct rate.
-const DIRECT_MIN: usize = 64 << 10;
-/// ... and at most this large (the aligned bounce buffer is kept per blocking thread).
-const DIRECT_MAX: usize = 16 << 20;
+/// Values at least this large are read with O_DIRECT, straight into the caller's (arena)
+/// buffer: a cold buffered read goes through the page cache and its read-ahead, which on some
+/// virtual disks reaches a quarter of the direct rate, and costs a copy.
+const DIRECT_MIN: u64 = 64 << 10;
 /// O_DIRECT alignment of offsets, lengths and buffers (covers 512 B and 4 KiB logical blocks).
 const DIRECT_ALIGN: usize = 4096;
 
-/// A heap buffer aligned to [`DIRECT_ALIGN`].
-struct Bounce {
-    ptr: std::ptr::NonNull<u8>,
-    cap: usize,
-}
-
-impl Bounce {
-    fn layout(cap: usize) -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align(cap, DIRECT_ALIGN).expect("bounce layout")
-    }
-
-    fn with_capacity(cap: usize) -> Self {
-        let cap = cap.max(DIRECT_ALIGN);
-        // SAFETY: the layout has a non-zero size.
-        let raw = unsafe { std::alloc::alloc(Self::layout(cap)) };
-        let ptr = std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(Self::layout(cap)));
-        Self { ptr, cap }
-    }
-
-    fn as_mut_slice(&mut self, len: usize) -> &mut [u8] {
-        assert!(len <= self.cap);
-        // SAFETY: `ptr` owns `cap` bytes (allocated in `with_capacity`, freed only in `drop`);
-        // `&mut self` makes this the only view; u8 has no invalid bit patterns, and the bytes
-        // are overwritten by the read before they are looked at.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), len) }
-    }
-}
-
-impl Drop for Bounce {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `with_capacity` with this very layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }
-    }
-}
-
-thread_local! {
-    static BOUNCE: std::cell::RefCell<Option<Bounce>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Reads `[off, off+len)` of `file` (opened O_DIRECT) through this thread's aligned bounce
-/// buffer and hands the bytes to `f`; `None` when the file ends before `off+len`.
-fn read_direct<R>(file: &File, off: u64, len: usize, f: impl FnOnce(&[u8]) -> R) -> std::io::Result<Option<R>> {
+/// Where an O_DIRECT read of the record `[off, off + rec_len)` starts in the file, and how many
+/// bytes it reads (whole aligned blocks around the record).
+fn direct_span(off: u64, rec_len: u64) -> (u64, usize) {
     let a = DIRECT_ALIGN as u64;
     let start = off / a * a;
-    let end = (off + len as u64).div_ceil(a) * a;
-    let n = (end - start) as usize;
-    BOUNCE.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|b| b.cap < n) {
-            *slot = Some(Bounce::with_capacity(n));
+    (start, ((off + rec_len).div_ceil(a) * a - start) as usize)
+}
+
+/// Reads `[start, start + buf.len())` of `file` (opened O_DIRECT; `buf` aligned); returns the
+/// bytes read, fewer at the end of the file.
+fn read_direct(file: &File, start: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], start + got as u64) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        let buf = slot.as_mut().expect("bounce buffer").as_mut_slice(n);
-        let mut got = 0;
-        while got < n {
-            match file.read_at(&mut buf[got..], start + got as u64) {
-                Ok(0) => break,
-                Ok(k) => got += k,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let rel = (off - start) as usize;
-        Ok((got >= rel + len).then(|| f(&buf[rel..rel + len])))
-    })
+    }
+    Ok(got)
 }
 
 /// Opens (creating when `create`) a segment log for reading and writing.
@@ -476,11 +432,21 @@ impl Drive {
     }
 
     /// Hands the bytes appended since the last call to writeback without waiting
-    /// (`sync_file_range`), and drops the pages handed over by the previous call from the page
-    /// cache (`drop_clean`: they have been written by now). Durability still comes only from
-    /// [`Drive::sync`].
+    /// (`sync_file_range`). With `drop_clean`, first waits until the bytes handed over earlier
+    /// are written and drops them from the page cache, so that dirty pages never pile up (the
+    /// kernel would throttle the writer hard). This is no durability point: it issues no device
+    /// cache flush; [`Drive::sync`] does.
     pub(crate) fn start_writeback(&self, head: &mut Head, drop_clean: bool) {
         if drop_clean && head.dropped < head.kicked {
+            // SAFETY: as below.
+            unsafe {
+                libc::sync_file_range(
+                    head.file.as_raw_fd(),
+                    head.dropped as libc::off64_t,
+                    (head.kicked - head.dropped) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                );
+            }
             drop_cached(&head.file, head.dropped, head.kicked - head.dropped);
             head.dropped = head.kicked;
         }
@@ -511,13 +477,17 @@ impl Drive {
         Ok(())
     }
 
-    /// Seals `head`: syncs it (unless durability is `none`) and writes its checkpoint.
+    /// Seals `head`: syncs it (unless durability is `none`: then it is only written back) and
+    /// writes its checkpoint.
     pub(crate) fn seal(&self, mut head: Head) -> std::io::Result<()> {
         if self.fsync {
             self.sync(&mut head)?;
+        } else {
+            // No durability point, but no dirty pages left behind either.
+            self.start_writeback(&mut head, false);
+            self.start_writeback(&mut head, true);
         }
         self.write_checkpoint(head.id, &head.entries, &head.file)?;
-        drop_cached(&head.file, 0, 0);
         Ok(())
     }
 
@@ -570,20 +540,31 @@ impl Drive {
         Ok(())
     }
 
-    /// Reads the value of the record at `off` of segment `seg` into `into` and verifies it: magic,
-    /// header CRC, key, version, length and value CRC. Returns the value CRC.
+    /// Bytes of buffer [`Drive::read_value`] needs for a record: the value itself, or, for a
+    /// value read with O_DIRECT, the aligned blocks around the record plus alignment room.
+    pub(crate) fn read_room(off: u64, key_len: usize, value_len: u64) -> u64 {
+        if value_len < DIRECT_MIN {
+            return value_len;
+        }
+        let (_, span) = direct_span(off, (HEADER_LEN + key_len) as u64 + value_len);
+        span as u64 + DIRECT_ALIGN as u64
+    }
+
+    /// Reads the record at `off` of segment `seg` into `buf` (at least [`Drive::read_room`]
+    /// bytes) and verifies it: magic, header CRC, key, version, length and value CRC. Returns
+    /// where in `buf` the value lies, and its CRC.
     pub(crate) fn read_value(
         &self,
         seg: u32,
         off: u64,
         key: &[u8],
         version: u64,
-        into: &mut [u8],
-    ) -> Result<u32, ReadError> {
+        value_len: u64,
+        buf: &mut [u8],
+    ) -> Result<(std::ops::Range<usize>, u32), ReadError> {
         let Some(files) = self.segments.read().get(&seg).cloned() else { return Err(ReadError::Gone) };
         let cut_short = || ReadError::Corrupt(format!("record at offset {off} of segment {seg} is cut short"));
         let corrupt = |what: &str| ReadError::Corrupt(format!("record at offset {off} of segment {seg}: {what}"));
-        let value_len = into.len() as u64;
         // Header and key as the index says they must be; then the value CRC.
         let check_head = |head: &[u8]| -> Result<RecordHeader, ReadError> {
             let fixed: &[u8; HEADER_LEN] = head[..HEADER_LEN].try_into().expect("header length");
@@ -601,19 +582,22 @@ impl Drive {
             if crc == h.value_crc { Ok(crc) } else { Err(corrupt("value checksum mismatch")) }
         };
         let head_len = HEADER_LEN + key.len();
-        if let Some(direct) = files.direct.as_ref().filter(|_| (DIRECT_MIN..=DIRECT_MAX).contains(&into.len())) {
-            let read = read_direct(direct, off, head_len + into.len(), |rec| {
-                let h = check_head(&rec[..head_len])?;
-                into.copy_from_slice(&rec[head_len..]);
-                Ok(h)
-            });
-            match read {
-                Ok(Some(h)) => {
-                    let h = h?;
-                    add(&self.counters.bytes_read, into.len() as u64);
-                    return check_value(h, into);
+        let rec_len = head_len as u64 + value_len;
+        let (start, span) = direct_span(off, rec_len);
+        let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        if let Some(direct) = files.direct.as_ref().filter(|_| value_len >= DIRECT_MIN && at + span <= buf.len()) {
+            match read_direct(direct, start, &mut buf[at..at + span]) {
+                Ok(got) => {
+                    let rel = at + (off - start) as usize;
+                    if got < rel - at + rec_len as usize {
+                        return Err(cut_short());
+                    }
+                    let h = check_head(&buf[rel..rel + head_len])?;
+                    let value = rel + head_len..rel + rec_len as usize;
+                    add(&self.counters.bytes_read, value_len);
+                    let crc = check_value(h, &buf[value.clone()])?;
+                    return Ok((value, crc));
                 }
-                Ok(None) => return Err(cut_short()),
                 // An alignment this file system does not take: read buffered instead.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
                 Err(e) => return Err(ReadError::Io(e)),
@@ -623,9 +607,11 @@ impl Drive {
         let mut head = vec![0u8; head_len];
         files.file.read_exact_at(&mut head, off).map_err(io)?;
         let h = check_head(&head)?;
-        files.file.read_exact_at(into, off + head_len as u64).map_err(io)?;
-        add(&self.counters.bytes_read, into.len() as u64);
-        check_value(h, into)
+        let value = 0..value_len as usize;
+        files.file.read_exact_at(&mut buf[value.clone()], off + head_len as u64).map_err(io)?;
+        add(&self.counters.bytes_read, value_len);
+        let crc = check_value(h, &buf[value.clone()])?;
+        Ok((value, crc))
     }
 }
 
@@ -724,6 +710,14 @@ fn auto_capacity(path: &Path) -> Result<u64, String> {
 mod tests {
     use super::*;
 
+    /// Reads and verifies a record's value the way the tier does.
+    fn read(d: &Drive, seg: u32, off: u64, key: &[u8], version: u64, len: usize) -> Result<Vec<u8>, ReadError> {
+        let mut buf = vec![0u8; Drive::read_room(off, key.len(), len as u64) as usize];
+        let (value, crc) = d.read_value(seg, off, key, version, len as u64, &mut buf)?;
+        assert_eq!(crc, crc32c::crc32c(&buf[value.clone()]));
+        Ok(buf[value].to_vec())
+    }
+
     fn rec(version: u64, key: &[u8], value: &[u8]) -> RecordHeader {
         RecordHeader {
             version,
@@ -743,12 +737,10 @@ mod tests {
         let a = d.append(&mut head, &[(b"a", b"hello", rec(1, b"a", b"hello"))]).unwrap()[0];
         let b = d.append(&mut head, &[(b"b", b"world!", rec(2, b"b", b"world!"))]).unwrap()[0];
         d.sync(&mut head).unwrap();
-        let mut out = [0u8; 6];
-        d.read_value(1, b, b"b", 2, &mut out).unwrap();
-        assert_eq!(&out, b"world!");
-        assert!(matches!(d.read_value(1, a, b"b", 1, &mut [0u8; 5]), Err(ReadError::Corrupt(_))));
-        assert!(matches!(d.read_value(1, b, b"b", 3, &mut out), Err(ReadError::Corrupt(_))), "wrong version");
-        assert!(matches!(d.read_value(9, b, b"b", 2, &mut out), Err(ReadError::Gone)));
+        assert_eq!(read(&d, 1, b, b"b", 2, 6).unwrap(), b"world!");
+        assert!(matches!(read(&d, 1, a, b"b", 1, 5), Err(ReadError::Corrupt(_))));
+        assert!(matches!(read(&d, 1, b, b"b", 3, 6), Err(ReadError::Corrupt(_))), "wrong version");
+        assert!(matches!(read(&d, 9, b, b"b", 2, 6), Err(ReadError::Gone)));
         drop(head); // a crash: no checkpoint
         drop(d);
         let (d, r) = Drive::open(0, dir.path(), Some(1 << 20), true).unwrap();
@@ -778,8 +770,7 @@ mod tests {
         let (d, r) = Drive::open(0, dir.path(), Some(1 << 20), false).unwrap();
         assert_eq!(r.records.len(), 1, "the cut record is gone");
         assert_eq!(r.torn_bytes, full - 10 - (32 + 1 + 1000));
-        let mut out = vec![0u8; 1000];
-        let e = d.read_value(1, off, b"k", 1, &mut out).unwrap_err();
+        let e = read(&d, 1, off, b"k", 1, 1000).unwrap_err();
         assert!(matches!(&e, ReadError::Corrupt(m) if m.contains("value checksum")), "{e:?}");
     }
 
@@ -843,22 +834,24 @@ mod tests {
             eprintln!("this file system refuses O_DIRECT: only the buffered read path was tested");
         }
         for (i, v) in big.iter().enumerate() {
-            let mut out = vec![0u8; v.len()];
-            d.read_value(1, offs[i + 1], keys[i], 2, &mut out).unwrap();
-            assert_eq!(&out, v);
+            assert_eq!(&read(&d, 1, offs[i + 1], keys[i], 2, v.len()).unwrap(), v);
+            // Any buffer works: an unaligned one with the room asked for, or an exact one.
+            let room = Drive::read_room(offs[i + 1], 4, v.len() as u64) as usize;
+            let mut odd = vec![0u8; room + 1];
+            let (value, _) = d.read_value(1, offs[i + 1], keys[i], 2, v.len() as u64, &mut odd[1..]).unwrap();
+            assert_eq!(&odd[1..][value], &v[..]);
+            let mut exact = vec![0u8; v.len()];
+            let (value, _) = d.read_value(1, offs[i + 1], keys[i], 2, v.len() as u64, &mut exact).unwrap();
+            assert_eq!((value.start, &exact[..]), (0, &v[..]), "too small for O_DIRECT: buffered");
         }
         // A flipped byte is caught on the direct path too.
         head.file.write_all_at(&[0xee], offs[2] + 40 + 1000).unwrap();
-        let mut out = vec![0u8; big[1].len()];
-        assert!(
-            matches!(d.read_value(1, offs[2], b"big1", 2, &mut out), Err(ReadError::Corrupt(m)) if m.contains("value checksum"))
-        );
+        let e = read(&d, 1, offs[2], b"big1", 2, big[1].len()).unwrap_err();
+        assert!(matches!(&e, ReadError::Corrupt(m) if m.contains("value checksum")), "{e:?}");
         // A record cut short at the end of the file.
         head.file.set_len(offs[3] + 5000).unwrap();
-        let mut out = vec![0u8; big[2].len()];
-        assert!(
-            matches!(d.read_value(1, offs[3], b"big2", 2, &mut out), Err(ReadError::Corrupt(m)) if m.contains("cut short"))
-        );
+        let e = read(&d, 1, offs[3], b"big2", 2, big[2].len()).unwrap_err();
+        assert!(matches!(&e, ReadError::Corrupt(m) if m.contains("cut short")), "{e:?}");
     }
 
     #[test]
@@ -872,9 +865,7 @@ mod tests {
             keys.iter().zip(&vals).map(|(k, v)| (k.as_bytes(), &v[..], rec(1, k.as_bytes(), v))).collect();
         let offs = d.append(&mut head, &recs).unwrap();
         for ((k, v), off) in keys.iter().zip(&vals).zip(offs) {
-            let mut out = vec![0u8; v.len()];
-            d.read_value(1, off, k.as_bytes(), 1, &mut out).unwrap();
-            assert_eq!(&out, v);
+            assert_eq!(&read(&d, 1, off, k.as_bytes(), 1, v.len()).unwrap(), v);
         }
         assert_eq!(d.used(), head.len);
     }

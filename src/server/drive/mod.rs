@@ -361,7 +361,11 @@ impl Tier {
                 &Loc::Disk { drive, seg, off, len } => (e.version, drive, seg, off, len),
             }
         };
-        let mut slot = match store.reserve(len) {
+        // Room for an O_DIRECT read straight into the slot (narrowed to the value afterwards),
+        // unless that would pass the object size limit.
+        let room = Drive::read_room(off, key.len(), len);
+        let room = if room <= store.max_object() { room } else { len };
+        let mut slot = match store.reserve(room) {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(error = %e, "no DRAM room to promote a drive object; answering a miss");
@@ -376,13 +380,14 @@ impl Tier {
         }
         let owned_key: Box<[u8]> = key.into();
         let read = tokio::task::spawn_blocking(move || {
-            let r = d.read_value(seg, off, &owned_key, version, slot.bytes_mut());
+            let r = d.read_value(seg, off, &owned_key, version, len, slot.bytes_mut());
             (d, owned_key, slot, r)
         })
         .await;
         let Ok((d, owned_key, slot, r)) = read else { return Read::Absent };
         match r {
-            Ok(crc) => {
+            Ok((value, crc)) => {
+                let slot = slot.narrow(value.start as u64, len);
                 let ix = self.shared.index.lock();
                 let same = ix.get(key).is_some_and(|e| {
                     e.version == version
@@ -881,9 +886,9 @@ impl Writer {
             }
         }
         for e in keep {
-            let mut buf = vec![0u8; e.value_len as usize];
-            let moved = match self.drive.read_value(seg, e.offset, &e.key, e.version, &mut buf) {
-                Ok(crc) => {
+            let mut buf = vec![0u8; Drive::read_room(e.offset, e.key.len(), e.value_len) as usize];
+            let moved = match self.drive.read_value(seg, e.offset, &e.key, e.version, e.value_len, &mut buf) {
+                Ok((value, crc)) => {
                     let h = RecordHeader {
                         version: e.version,
                         value_len: e.value_len,
@@ -891,7 +896,7 @@ impl Writer {
                         key_len: e.key.len() as u16,
                         flags: 0,
                     };
-                    self.append_now(&e.key, &buf, h).ok()
+                    self.append_now(&e.key, &buf[value], h).ok()
                 }
                 Err(_) => {
                     add(&c.corrupt, 1);
