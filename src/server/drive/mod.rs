@@ -160,7 +160,10 @@ impl Tier {
         });
         let mut drives = Vec::new();
         let mut recovery = Recovery::default();
-        let mut newest: HashMap<Box<[u8]>, (u64, u16, u32, format::IndexEntry)> = HashMap::new();
+        // The newest record of every key wins; a tombstone's version is remembered until the
+        // end of the merge so that an older record read later cannot bring its key back.
+        let mut index: HashMap<Box<[u8]>, Entry> = HashMap::new();
+        let mut tombstones: HashMap<Box<[u8]>, u64> = HashMap::new();
         let mut max_version = 0;
         for r in opened {
             let (drive, rec) = r?;
@@ -180,23 +183,30 @@ impl Tier {
             recovery.torn_bytes += rec.torn_bytes;
             for (seg, e) in rec.records {
                 max_version = max_version.max(e.version);
-                match newest.get(&e.key) {
-                    Some((v, ..)) if *v >= e.version => {}
-                    _ => {
-                        newest.insert(e.key.clone(), (e.version, drive.no, seg, e));
-                    }
+                let seen = index.get(&e.key).map(|x| x.version).max(tombstones.get(&e.key).copied());
+                if seen >= Some(e.version) {
+                    continue;
+                }
+                if e.is_tombstone() {
+                    index.remove(&e.key);
+                    tombstones.insert(e.key, e.version);
+                } else {
+                    tombstones.remove(&e.key);
+                    let loc = Loc::Disk { drive: drive.no, seg, off: e.offset, len: e.value_len };
+                    index.insert(e.key, Entry { version: e.version, loc, accessed: false });
                 }
             }
             drives.push(Arc::new(drive));
         }
-        let mut index = HashMap::with_capacity(newest.len());
-        for (key, (version, drive, seg, e)) in newest {
-            if e.flags & FLAG_TOMBSTONE == 0 {
-                recovery.objects += 1;
-                recovery.bytes += e.value_len;
-                let loc = Loc::Disk { drive, seg, off: e.offset, len: e.value_len };
-                index.insert(key, Entry { version, loc, accessed: false });
-            }
+        drop(tombstones);
+        recovery.objects = index.len() as u64;
+        recovery.bytes = index.values().map(Entry::size).sum();
+        // The scans' record lists are gone: hand their memory back to the system, so that the
+        // node's resident size is its index, not recovery's scratch space.
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only releases free heap memory; it takes no pointers.
+        unsafe {
+            libc::malloc_trim(0);
         }
         recovery.millis = started.elapsed().as_millis() as u64;
         tracing::info!(
@@ -931,5 +941,57 @@ impl Durability {
             Durability::Async => "async",
             Durability::Sync => "sync",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(d: &Drive, head: &mut Head, key: &[u8], value: &[u8], version: u64, flags: u16) {
+        let h = RecordHeader {
+            version,
+            value_len: value.len() as u64,
+            value_crc: crc32c::crc32c(value),
+            key_len: key.len() as u16,
+            flags,
+        };
+        d.append(head, &[(key, value, h)]).unwrap();
+    }
+
+    #[test]
+    fn recovery_keeps_the_newest_version_across_drives_and_tombstones_win_in_any_order() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        {
+            // Drive 0 (read first): k deleted at version 5, x written at 2.
+            let (d0, _) = Drive::open(0, a.path(), Some(64 << 20), false).unwrap();
+            let mut h0 = d0.create_head(1).unwrap();
+            record(&d0, &mut h0, b"k", b"", 5, FLAG_TOMBSTONE);
+            record(&d0, &mut h0, b"x", b"old", 2, 0);
+            // Drive 1 (read second): an older k at 3, a newer x at 7, y at 4.
+            let (d1, _) = Drive::open(1, b.path(), Some(64 << 20), false).unwrap();
+            let mut h1 = d1.create_head(1).unwrap();
+            record(&d1, &mut h1, b"k", b"stale", 3, 0);
+            record(&d1, &mut h1, b"x", b"new", 7, 0);
+            record(&d1, &mut h1, b"y", b"why", 4, 0);
+        }
+        let cfg = StorageConfig {
+            data_dirs: vec![a.path().into(), b.path().into()],
+            drive_capacity: Some(64 << 20),
+            durability: Durability::Async,
+            flush_interval: Duration::from_millis(100),
+            drive_queue: 1 << 20,
+            segment_size: 1 << 20,
+        };
+        let tier = Tier::open(&cfg, 1 << 20).unwrap();
+        assert_eq!(tier.size(b"k"), None, "the tombstone beats the older record read after it");
+        assert_eq!(tier.size(b"x"), Some(3));
+        assert_eq!(tier.size(b"y"), Some(3));
+        assert_eq!((tier.recovery.objects, tier.recovery.bytes), (2, 6));
+        assert_eq!(tier.next_version.load(Ordering::Relaxed), 8, "new writes get versions above every record");
+        let ix = tier.shared.index.lock();
+        assert!(matches!(ix[&b"x"[..]].loc, Loc::Disk { drive: 1, .. }));
+        drop(ix);
+        tier.shutdown();
     }
 }
