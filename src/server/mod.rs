@@ -87,6 +87,11 @@ impl Ctx {
         found
     }
 
+    /// Whether every key can be answered from DRAM alone (always, on a node without drives).
+    fn in_dram<'k>(&self, mut keys: impl Iterator<Item = &'k [u8]>) -> bool {
+        self.tier.is_none() || keys.all(|k| self.store.contains(k))
+    }
+
     /// Deletes `key` from every tier. True if it existed.
     async fn delete(&self, key: &[u8]) -> Result<bool, String> {
         let Some(t) = &self.tier else { return Ok(self.store.delete(key)) };

@@ -65,20 +65,39 @@ struct Reply {
     body: Body,
     /// Drive writes (`sync` durability) that must be on stable storage before this answer goes.
     durable: Vec<Durable>,
+    /// A read still running (from a drive): its answer replaces this placeholder.
+    deferred: Option<tokio::task::JoinHandle<Reply>>,
 }
 
 impl Reply {
     fn new(req: &Header, status: Status) -> Self {
-        Self { header: Header::response_to(req, status), meta: Vec::new(), body: Body::Empty, durable: Vec::new() }
+        Self {
+            header: Header::response_to(req, status),
+            meta: Vec::new(),
+            body: Body::Empty,
+            durable: Vec::new(),
+            deferred: None,
+        }
     }
 
     fn error(req: &Header, status: Status, message: impl Into<String>) -> Self {
         Self { meta: message.into().into_bytes(), ..Self::new(req, status) }
     }
 
-    /// Waits for this answer's drive writes; a failed one turns the answer into an error, so
-    /// that a PUT is never acknowledged as durable when it is not.
-    async fn settle(&mut self) {
+    /// Completes the answer: waits for a deferred read, and for the drive writes of a PUT (a
+    /// failed one turns the answer into an error, so that a PUT is never acknowledged as durable
+    /// when it is not). True when the status was decided here (the caller counts errors).
+    async fn settle(&mut self) -> bool {
+        let decided_here = self.deferred.is_some() || !self.durable.is_empty();
+        if let Some(task) = self.deferred.take() {
+            match task.await {
+                Ok(r) => *self = r,
+                Err(_) => {
+                    self.header.status = Status::ServerError as u16;
+                    self.meta = b"the read failed inside the node".to_vec();
+                }
+            }
+        }
         for w in self.durable.drain(..) {
             let why = match w.await {
                 Ok(Ok(())) => continue,
@@ -91,6 +110,7 @@ impl Reply {
             self.meta = msg.into_bytes();
             self.body = Body::Empty;
         }
+        decided_here
     }
 }
 
@@ -113,7 +133,8 @@ where
     };
     let (tx, rx) = mpsc::channel(REPLY_QUEUE);
     let writer = tokio::spawn(write_loop(wr, keys.send, rx, payload_mac, Arc::clone(&ctx)));
-    let mut conn = Conn { rd, recv: keys.recv, tx, ctx, peer, payload_mac };
+    let reads = Arc::new(tokio::sync::RwLock::new(()));
+    let mut conn = Conn { rd, recv: keys.recv, tx, ctx, peer, payload_mac, reads };
     conn.read_loop().await;
     let Conn { mut rd, tx, .. } = conn;
     drop(tx);
@@ -247,6 +268,9 @@ struct Conn<R> {
     ctx: Arc<Ctx>,
     peer: SocketAddr,
     payload_mac: bool,
+    /// Held (shared) by every deferred read; a write op takes it exclusively first, so that a
+    /// read never sees a write the client sent after it.
+    reads: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// A received PUT entry whose bytes are in memory, waiting for the payload MAC (if any) before
@@ -327,15 +351,26 @@ impl<R: AsyncRead + Unpin> Conn<R> {
         };
         self.ctx.stats.request(op);
         match op {
-            Op::Put => self.put(&h, &f).await,
-            Op::PutBatch => self.put_batch(&h, &f).await,
+            Op::Put => {
+                self.after_reads().await;
+                self.put(&h, &f).await
+            }
+            Op::PutBatch => {
+                self.after_reads().await;
+                self.put_batch(&h, &f).await
+            }
             Op::Get => {
                 let ok = self.skip_payload(&h).await;
-                ok && self.send(self.get(&h, &f.meta).await).await
+                let hot = self.ctx.in_dram(std::iter::once(f.meta.as_slice()));
+                let r = self.read(&h, hot, get(Arc::clone(&self.ctx), h, f.meta)).await;
+                ok && self.send(r).await
             }
             Op::GetBatch => {
                 let ok = self.skip_payload(&h).await;
-                ok && self.send(self.get_batch(&h, &f.meta).await).await
+                let hot = wire::decode_get_entries(&f.meta, h.count)
+                    .map_or(true, |e| self.ctx.in_dram(e.iter().map(|e| e.key)));
+                let r = self.read(&h, hot, get_batch(Arc::clone(&self.ctx), h, f.meta)).await;
+                ok && self.send(r).await
             }
             Op::Exists => {
                 let ok = self.skip_payload(&h).await;
@@ -343,6 +378,7 @@ impl<R: AsyncRead + Unpin> Conn<R> {
             }
             Op::Delete => {
                 let ok = self.skip_payload(&h).await;
+                self.after_reads().await;
                 let r = match wire::check_key(&f.meta) {
                     Err(e) => Reply::error(&h, e.status(), e.to_string()),
                     Ok(()) => match self.ctx.delete(&f.meta).await {
@@ -374,60 +410,27 @@ impl<R: AsyncRead + Unpin> Conn<R> {
         n == 0 || self.rd.skip(n).await.is_ok()
     }
 
-    async fn get(&self, h: &Header, key: &[u8]) -> Reply {
-        if let Err(e) = wire::check_key(key) {
-            return Reply::error(h, e.status(), e.to_string());
+    /// Answers a read: at once when every key is in DRAM, else from a task (drive reads take
+    /// a while), so that the connection goes on reading requests while the write task waits for
+    /// the answer in its turn.
+    async fn read(&self, h: &Header, hot: bool, answer: impl Future<Output = Reply> + Send + 'static) -> Reply {
+        if hot {
+            return answer.await;
         }
-        let Some(obj) = self.ctx.lookup(key).await else { return Reply::new(h, Status::NotFound) };
-        // A GET request carries no payload; the wanted length travels in `total` (0 = to the end).
-        let range = match object_range(&obj, h.offset, h.total) {
-            Ok(r) => r,
-            Err(msg) => return Reply::error(h, Status::InvalidRequest, msg),
-        };
-        let mut r = Reply::new(h, Status::Ok);
-        r.header.offset = h.offset;
-        r.header.total = obj.len();
-        r.header.crc =
-            if range.len() as u64 == obj.len() { obj.crc() } else { crc32c::crc32c(&obj.bytes()[range.clone()]) };
-        r.body = Body::Object(obj, range);
-        r
+        let running = Arc::clone(&self.reads).read_owned().await;
+        let task = tokio::spawn(async move {
+            let r = answer.await;
+            drop(running);
+            r
+        });
+        Reply { deferred: Some(task), ..Reply::new(h, Status::Ok) }
     }
 
-    async fn get_batch(&self, h: &Header, meta: &[u8]) -> Reply {
-        let entries = match wire::decode_get_entries(meta, h.count) {
-            Ok(e) => e,
-            Err(e) => return Reply::error(h, e.status(), e.to_string()),
-        };
-        // Drive reads of one batch run side by side.
-        let found = futures_util::future::join_all(entries.iter().map(|e| self.ctx.lookup(e.key))).await;
-        let mut answers = Vec::with_capacity(entries.len());
-        let mut parts = Vec::new();
-        let mut budget = MAX_BATCH_PAYLOAD;
-        for (e, obj) in entries.iter().zip(found) {
-            let none = |status| BatchGetAnswer { status, length: 0, total: 0, crc: 0 };
-            let Some(obj) = obj else {
-                answers.push(none(Status::NotFound));
-                continue;
-            };
-            let Ok(range) = object_range(&obj, e.offset, e.length) else {
-                answers.push(BatchGetAnswer { total: obj.len(), ..none(Status::InvalidRequest) });
-                continue;
-            };
-            let len = range.len() as u64;
-            if len > budget {
-                answers.push(BatchGetAnswer { total: obj.len(), ..none(Status::PayloadTooLarge) });
-                continue;
-            }
-            budget -= len;
-            let crc = if len == obj.len() { obj.crc() } else { crc32c::crc32c(&obj.bytes()[range.clone()]) };
-            answers.push(BatchGetAnswer { status: Status::Ok, length: len, total: obj.len(), crc });
-            parts.push((obj, range));
+    /// Waits until every deferred read of this connection has found its object.
+    async fn after_reads(&self) {
+        if self.ctx.tier.is_some() {
+            drop(self.reads.write().await);
         }
-        let mut r = Reply::new(h, Status::Ok);
-        r.header.count = answers.len() as u32;
-        wire::encode_get_answers(&answers, &mut r.meta);
-        r.body = Body::Objects(parts);
-        r
     }
 
     fn exists(&self, h: &Header, meta: &[u8]) -> Reply {
@@ -590,6 +593,66 @@ impl<R: AsyncRead + Unpin> Conn<R> {
     }
 }
 
+/// The answer to a GET.
+async fn get(ctx: Arc<Ctx>, h: Header, key: Vec<u8>) -> Reply {
+    let h = &h;
+    if let Err(e) = wire::check_key(&key) {
+        return Reply::error(h, e.status(), e.to_string());
+    }
+    let Some(obj) = ctx.lookup(&key).await else { return Reply::new(h, Status::NotFound) };
+    // A GET request carries no payload; the wanted length travels in `total` (0 = to the end).
+    let range = match object_range(&obj, h.offset, h.total) {
+        Ok(r) => r,
+        Err(msg) => return Reply::error(h, Status::InvalidRequest, msg),
+    };
+    let mut r = Reply::new(h, Status::Ok);
+    r.header.offset = h.offset;
+    r.header.total = obj.len();
+    r.header.crc =
+        if range.len() as u64 == obj.len() { obj.crc() } else { crc32c::crc32c(&obj.bytes()[range.clone()]) };
+    r.body = Body::Object(obj, range);
+    r
+}
+
+/// The answer to a GET_BATCH.
+async fn get_batch(ctx: Arc<Ctx>, h: Header, meta: Vec<u8>) -> Reply {
+    let h = &h;
+    let entries = match wire::decode_get_entries(&meta, h.count) {
+        Ok(e) => e,
+        Err(e) => return Reply::error(h, e.status(), e.to_string()),
+    };
+    // Drive reads of one batch run side by side.
+    let found = futures_util::future::join_all(entries.iter().map(|e| ctx.lookup(e.key))).await;
+    let mut answers = Vec::with_capacity(entries.len());
+    let mut parts = Vec::new();
+    let mut budget = MAX_BATCH_PAYLOAD;
+    for (e, obj) in entries.iter().zip(found) {
+        let none = |status| BatchGetAnswer { status, length: 0, total: 0, crc: 0 };
+        let Some(obj) = obj else {
+            answers.push(none(Status::NotFound));
+            continue;
+        };
+        let Ok(range) = object_range(&obj, e.offset, e.length) else {
+            answers.push(BatchGetAnswer { total: obj.len(), ..none(Status::InvalidRequest) });
+            continue;
+        };
+        let len = range.len() as u64;
+        if len > budget {
+            answers.push(BatchGetAnswer { total: obj.len(), ..none(Status::PayloadTooLarge) });
+            continue;
+        }
+        budget -= len;
+        let crc = if len == obj.len() { obj.crc() } else { crc32c::crc32c(&obj.bytes()[range.clone()]) };
+        answers.push(BatchGetAnswer { status: Status::Ok, length: len, total: obj.len(), crc });
+        parts.push((obj, range));
+    }
+    let mut r = Reply::new(h, Status::Ok);
+    r.header.count = answers.len() as u32;
+    wire::encode_get_answers(&answers, &mut r.meta);
+    r.body = Body::Objects(parts);
+    r
+}
+
 /// The byte range `[offset, offset + length)` of `obj`; `length` 0 means "to the end".
 fn object_range(obj: &Object, offset: u64, length: u64) -> Result<Range<usize>, String> {
     let size = obj.len();
@@ -611,7 +674,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     // Everything queued so far (up to WRITE_BATCH) goes out in one writev.
     while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         for r in batch.iter_mut() {
-            r.settle().await;
+            if r.settle().await && r.header.status != 0 {
+                ctx.stats.error(r.header.status());
+            }
         }
         let mut frames: Vec<FrameOut<'_>> = batch
             .iter_mut()

@@ -256,6 +256,11 @@ impl Store {
         self.index.lock().objects.get(key).cloned()
     }
 
+    /// Whether `key` is in DRAM (without promoting it).
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
+        self.index.lock().objects.contains(key)
+    }
+
     /// Counts a GET lookup as a hit or a miss.
     pub(crate) fn count_lookup(&self, found: bool) {
         add(if found { &self.counters.hits } else { &self.counters.misses }, 1);
