@@ -104,6 +104,13 @@ impl Arena {
     pub(crate) fn new(capacity: u64) -> std::io::Result<Arc<Self>> {
         let len = usize::try_from(capacity).map_err(|_| std::io::Error::other("arena size does not fit in memory"))?;
         let map = MmapMut::map_anon(len.max(1))?;
+        // Transparent huge pages where the kernel offers them (`madvise` mode): 512 times fewer
+        // page faults while the arena fills, and far cheaper page pinning for O_DIRECT drive reads
+        // into it. Only a hint: without THP the arena works the same on 4 KiB pages.
+        #[cfg(target_os = "linux")]
+        if let Err(e) = map.advise(memmap2::Advice::HugePage) {
+            tracing::debug!(error = %e, "transparent huge pages not available for the arena");
+        }
         Ok(Arc::new(Self {
             map: UnsafeCell::new(map),
             capacity,
