@@ -265,13 +265,15 @@ impl Tier {
     }
 
     /// Deletes `key` from both tiers. Returns whether it existed, and the tombstone to persist.
+    /// A key found only in DRAM gets a tombstone too: its drive write may have failed after an
+    /// older version reached a drive, and that record must not come back at the next start.
     pub(crate) fn delete(&self, store: &Store, key: &[u8]) -> (bool, Option<Persist>) {
         let mut ix = self.shared.index.lock();
         let on_drive = ix.remove(key).is_some();
         let in_dram = store.delete(key);
         drop(ix);
-        if !on_drive {
-            return (in_dram, None);
+        if !on_drive && !in_dram {
+            return (false, None);
         }
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         (true, Some(Persist { key: key.into(), obj: None, version }))
