@@ -502,6 +502,37 @@ fn status_json_reports_the_nodes_own_status() {
 }
 
 #[test]
+fn status_table_shows_each_nodes_drives_and_warns_about_a_degraded_one() {
+    let creds = Creds::new();
+    let memory_only = Node::start(&creds, "127.0.0.61", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let drive = dir.path().join("d");
+    std::fs::create_dir(&drive).unwrap();
+    let d = drive.display().to_string();
+    let node = Node::start(&creds, "127.0.0.62", &["--data-dir", &d, "--segment-size", "1MiB", "--durability", "sync"]);
+    let servers = format!("{},{}", memory_only.data, node.data);
+    let out = memkv(&["status"], &client_env(&creds, &servers));
+    assert!(out.ok(), "{out:?}");
+    let stdout = out.stdout();
+    let rows: Vec<&str> = stdout.lines().collect();
+    assert!(rows[0].ends_with("DRIVES"), "{stdout}");
+    let row = |n: &Node| rows.iter().find(|r| r.starts_with(&n.data.to_string())).copied().unwrap_or_default();
+    assert!(row(&memory_only).ends_with(" -"), "{stdout}");
+    assert!(row(&node).contains("1/1 online") && row(&node).contains("sync, 0 objects"), "{stdout}");
+    // The drive disappears and the next segment cannot be created: degraded, still serving.
+    std::fs::remove_dir_all(&drive).unwrap();
+    let client = creds.client(&[&node], &[]);
+    for i in 0..30 {
+        let _ = runtime().block_on(client.put(format!("k{i}").as_bytes(), Bytes::from(vec![1u8; 100 << 10])));
+    }
+    let out = memkv(&["status"], &client_env(&creds, &servers));
+    assert!(out.ok(), "a degraded node is reachable: {out:?}");
+    assert!(out.stdout().contains("0/1 online"), "{out:?}");
+    let stderr = &out.stderr;
+    assert!(stderr.contains(&format!("memkv status: degraded: {}: drive {d} is offline:", node.data)), "{stderr}");
+}
+
+#[test]
 fn status_with_an_unreachable_server_exits_non_zero_and_says_unreachable() {
     let creds = Creds::new();
     let node = Node::start(&creds, "127.0.0.47", &[]);

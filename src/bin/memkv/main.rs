@@ -140,7 +140,7 @@ enum Cmd {
         #[arg(required = true)]
         keys: Vec<String>,
     },
-    /// Show each node's status (capacity, objects, hit rate, connections, auth failures)
+    /// Show each node's status (capacity, objects, hit rate, connections, auth failures, drives)
     Status {
         /// Print JSON instead of a table
         #[arg(long)]
@@ -270,10 +270,27 @@ fn write_output(file: Option<&str>, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The DRIVES column: `-` for a DRAM-only node, else online/total drives, used/capacity, the
+/// durability level and the objects in the drive tier.
+fn drives_summary(storage: &serde_json::Value) -> String {
+    let Some(drives) = storage["drives"].as_array() else { return "-".to_string() };
+    let sum = |k: &str| drives.iter().map(|d| d[k].as_u64().unwrap_or(0)).sum::<u64>();
+    let online = drives.iter().filter(|d| d["state"] == "online").count();
+    format!(
+        "{online}/{} online, {}/{}, {}, {} objects",
+        drives.len(),
+        memkv::config::format_size(sum("used_bytes")),
+        memkv::config::format_size(sum("capacity_bytes")),
+        storage["durability"].as_str().unwrap_or("?"),
+        storage["objects"].as_u64().unwrap_or(0)
+    )
+}
+
 async fn status(conn: &ConnArgs, json: bool) -> Result<ExitCode> {
     let client = conn.client()?;
     let mut docs = Vec::new();
     let mut healthy = true;
+    let mut degraded = Vec::new();
     for s in client.servers() {
         match client.node_info(&s).await {
             Ok(v) => docs.push(serde_json::json!({"server": s.to_string(), "reachable": true, "status": v})),
@@ -287,7 +304,7 @@ async fn status(conn: &ConnArgs, json: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&docs)?);
     } else {
         println!(
-            "{:<22} {:<14} {:>21} {:>9} {:>8} {:>6} {:>5} {:>9}",
+            "{:<22} {:<14} {:>21} {:>9} {:>8} {:>6} {:>5} {:>9}  DRIVES",
             "SERVER", "NODE", "USED/CAPACITY", "OBJECTS", "HIT%", "CONNS", "AUTH!", "UPTIME"
         );
         for d in &docs {
@@ -306,8 +323,17 @@ async fn status(conn: &ConnArgs, json: bool) -> Result<ExitCode> {
                     memkv::config::format_size(n("used_bytes")),
                     memkv::config::format_size(n("capacity_bytes"))
                 );
+                let drives = drives_summary(&s["storage"]);
+                for d in s["storage"]["drives"].as_array().into_iter().flatten().filter(|d| d["state"] != "online") {
+                    degraded.push(format!(
+                        "{server}: drive {} is {}: {}",
+                        d["path"].as_str().unwrap_or("?"),
+                        d["state"].as_str().unwrap_or("?"),
+                        d["error"].as_str().unwrap_or("?")
+                    ));
+                }
                 println!(
-                    "{:<22} {:<14} {:>21} {:>9} {:>8} {:>6} {:>5} {:>8}s",
+                    "{:<22} {:<14} {:>21} {:>9} {:>8} {:>6} {:>5} {:>8}s  {}",
                     server,
                     s["node_id"].as_str().unwrap_or("?"),
                     used,
@@ -315,7 +341,8 @@ async fn status(conn: &ConnArgs, json: bool) -> Result<ExitCode> {
                     hit,
                     n("connections"),
                     n("auth_failures"),
-                    n("uptime_secs")
+                    n("uptime_secs"),
+                    drives
                 );
             } else {
                 println!("{:<22} unreachable: {}", server, d["error"].as_str().unwrap_or("?"));
@@ -324,6 +351,11 @@ async fn status(conn: &ConnArgs, json: bool) -> Result<ExitCode> {
     }
     if !healthy && !json {
         eprintln!("memkv status: some nodes are unreachable");
+    }
+    if !json {
+        for d in &degraded {
+            eprintln!("memkv status: degraded: {d}");
+        }
     }
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
