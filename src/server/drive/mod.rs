@@ -917,7 +917,8 @@ impl Writer {
             };
             let mut ix = shared.index.lock();
             let still = ix.get_mut(&e.key).filter(|x| {
-                x.version == e.version && matches!(x.loc, Loc::Disk { seg: s, off, .. } if s == seg && off == e.offset)
+                x.version == e.version
+                    && matches!(x.loc, Loc::Disk { drive, seg: s, off, .. } if drive == no && s == seg && off == e.offset)
             });
             match (still, moved) {
                 (Some(x), Some((s, off))) => {
