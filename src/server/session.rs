@@ -367,8 +367,10 @@ impl<R: AsyncRead + Unpin> Conn<R> {
             }
             Op::GetBatch => {
                 let ok = self.skip_payload(&h).await;
-                let hot = wire::decode_get_entries(&f.meta, h.count)
-                    .map_or(true, |e| self.ctx.in_dram(e.iter().map(|e| e.key)));
+                // Without drives every read is answered at once: no need to look at the keys.
+                let hot = self.ctx.tier.is_none()
+                    || wire::decode_get_entries(&f.meta, h.count)
+                        .map_or(true, |e| self.ctx.in_dram(e.iter().map(|e| e.key)));
                 let r = self.read(&h, hot, get_batch(Arc::clone(&self.ctx), h, f.meta)).await;
                 ok && self.send(r).await
             }

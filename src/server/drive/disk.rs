@@ -115,6 +115,15 @@ fn drop_cached(file: &File, off: u64, len: u64) {
 /// Most buffers one `pwritev` takes (Linux's IOV_MAX).
 const IOV_MAX: usize = 1024;
 
+/// `sync_file_range` over `[off, off+len)` with `flags`: starts (and with the WAIT flags, waits
+/// for) writeback of those bytes. No durability point: it flushes no device cache.
+fn write_back(file: &File, off: u64, len: u64, flags: libc::c_uint) {
+    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is owned by `file`.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), off as libc::off64_t, len as libc::off64_t, flags);
+    }
+}
+
 /// Writes all of `bufs` at `off` (pwritev, at most [`IOV_MAX`] buffers a call, continuing
 /// after short writes).
 fn write_all_vectored_at(file: &File, bufs: &[&[u8]], mut off: u64) -> std::io::Result<()> {
@@ -438,28 +447,14 @@ impl Drive {
     /// cache flush; [`Drive::sync`] does.
     pub(crate) fn start_writeback(&self, head: &mut Head, drop_clean: bool) {
         if drop_clean && head.dropped < head.kicked {
-            // SAFETY: as below.
-            unsafe {
-                libc::sync_file_range(
-                    head.file.as_raw_fd(),
-                    head.dropped as libc::off64_t,
-                    (head.kicked - head.dropped) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                );
-            }
+            let wait =
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+            write_back(&head.file, head.dropped, head.kicked - head.dropped, wait);
             drop_cached(&head.file, head.dropped, head.kicked - head.dropped);
             head.dropped = head.kicked;
         }
         if head.kicked < head.len {
-            // SAFETY: sync_file_range only reads its integer arguments; the descriptor is ours.
-            unsafe {
-                libc::sync_file_range(
-                    head.file.as_raw_fd(),
-                    head.kicked as libc::off64_t,
-                    (head.len - head.kicked) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
+            write_back(&head.file, head.kicked, head.len - head.kicked, libc::SYNC_FILE_RANGE_WRITE);
             head.kicked = head.len;
         }
     }
