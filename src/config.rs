@@ -213,6 +213,70 @@ const P_IO_THREADS: Param = Param {
     help: "Threads of the client's I/O runtime: the NIXL plugin's (per backend instance) and the `memkv` CLI's.",
     role: Role::Client,
 };
+const P_RDMA_DEVICES: Param = Param {
+    key: "rdma_devices",
+    env: "MEMKV_RDMA_DEVICES",
+    default: Some(""),
+    range: "comma-separated RDMA device names as in /sys/class/infiniband (`mlx5_0,mlx5_1`); empty for every device found",
+    help: "The NICs this client registers memory with and sends over; each GPU uses the closest of them on the PCIe tree (`memkv topo` prints the map).",
+    role: Role::Client,
+};
+const P_GPU_NIC_MAP: Param = Param {
+    key: "gpu_nic_map",
+    env: "MEMKV_GPU_NIC_MAP",
+    default: Some(""),
+    range: "comma-separated `GPU=NIC[+NIC...]`, GPU a CUDA device index (`0`) or PCI bus id (`0000:17:00.0`), e.g. `0=mlx5_0,1=mlx5_1+mlx5_2`; empty for the computed map",
+    help: "Overrides the PCIe-affinity map for the GPUs it names (the others keep the computed choice).",
+    role: Role::Client,
+};
+const P_STAGING_SIZE_MB: Param = Param {
+    key: "staging_size_mb",
+    env: "MEMKV_STAGING_SIZE_MB",
+    default: Some("256"),
+    range: "0 (no staging) or 2 × `staging_slot_mb`..=65536",
+    help: "Pinned host memory for staging GPU blocks that the NIC cannot reach directly (every VRAM block over TCP), in MiB; allocated at the first VRAM_SEG registration.",
+    role: Role::Client,
+};
+const P_STAGING_SLOT_MB: Param = Param {
+    key: "staging_slot_mb",
+    env: "MEMKV_STAGING_SLOT_MB",
+    default: Some("16"),
+    range: "1..=1024",
+    help: "Size of one staging slot in MiB: the unit copied off the GPU while the previous slot is on the wire; larger blocks span slots.",
+    role: Role::Client,
+};
+const P_MR_CACHE_MAX_ENTRIES: Param = Param {
+    key: "mr_cache_max_entries",
+    env: "MEMKV_MR_CACHE_MAX_ENTRIES",
+    default: Some("65536"),
+    range: "1..=16777216",
+    help: "Most memory registrations (MRs) the MR cache keeps; past it the least recently used idle one is released (and registered again when next used).",
+    role: Role::Client,
+};
+const P_MR_CACHE_MAX_GB: Param = Param {
+    key: "mr_cache_max_gb",
+    env: "MEMKV_MR_CACHE_MAX_GB",
+    default: Some("1024"),
+    range: "1..=1048576",
+    help: "Most bytes, in GiB, that the MR cache keeps registered (pinned by the NIC); past it the least recently used idle registrations are released.",
+    role: Role::Client,
+};
+const P_PROMETHEUS_BIND: Param = Param {
+    key: "prometheus_bind",
+    env: "MEMKV_PROMETHEUS_BIND",
+    default: Some(""),
+    range: "a socket address `IP:PORT` (port 0 picks a free port), or empty for none",
+    help: "Where the client (NIXL plugin) serves its own Prometheus metrics at `/metrics`: MR cache, staging and transfer counters.",
+    role: Role::Client,
+};
+const P_STATS_INTERVAL_S: Param = Param {
+    key: "stats_interval_s",
+    env: "MEMKV_STATS_INTERVAL_S",
+    default: Some("60"),
+    range: "0 (off) or 1..=86400",
+    help: "How often the client logs one summary line of its MR cache and staging counters, in seconds (only when something changed).",
+    role: Role::Client,
+};
 const P_LISTEN: Param = Param {
     key: "listen",
     env: "MEMKV_LISTEN",
@@ -349,6 +413,14 @@ pub const PARAMS: &[Param] = &[
     P_NAMESPACE,
     P_PAYLOAD_MAC,
     P_IO_THREADS,
+    P_RDMA_DEVICES,
+    P_GPU_NIC_MAP,
+    P_STAGING_SIZE_MB,
+    P_STAGING_SLOT_MB,
+    P_MR_CACHE_MAX_ENTRIES,
+    P_MR_CACHE_MAX_GB,
+    P_PROMETHEUS_BIND,
+    P_STATS_INTERVAL_S,
     P_LISTEN,
     P_ADMIN_LISTEN,
     P_MEMORY,
@@ -781,6 +853,165 @@ pub struct ClientConfig {
     pub payload_mac: bool,
     /// Worker threads of the client's I/O runtime (NIXL plugin, CLI), 1..=64.
     pub io_threads: usize,
+    /// Local memory: registration, MR cache, staging, NICs and GPUs.
+    pub mem: MemConfig,
+}
+
+/// How a client registers and moves local memory (`src/mem`, `src/topo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemConfig {
+    /// NIC names to use; empty for every one found.
+    pub rdma_devices: Vec<String>,
+    /// Operator overrides of the GPU → NIC map.
+    pub gpu_nic_map: Vec<GpuNicRule>,
+    /// Bytes of pinned staging memory; 0 for none.
+    pub staging_size: u64,
+    /// Bytes per staging slot.
+    pub staging_slot: u64,
+    /// Most registrations the MR cache keeps.
+    pub mr_cache_max_entries: usize,
+    /// Most registered bytes the MR cache keeps.
+    pub mr_cache_max_bytes: u64,
+    /// The client's Prometheus endpoint, if any.
+    pub prometheus_bind: Option<SocketAddr>,
+    /// Period of the summary log line; `None` for off.
+    pub stats_interval: Option<Duration>,
+}
+
+impl Default for MemConfig {
+    /// The defaults of [`PARAMS`].
+    fn default() -> Self {
+        Self {
+            rdma_devices: Vec::new(),
+            gpu_nic_map: Vec::new(),
+            staging_size: 256 * MIB,
+            staging_slot: 16 * MIB,
+            mr_cache_max_entries: 65536,
+            mr_cache_max_bytes: 1024 * GIB,
+            prometheus_bind: None,
+            stats_interval: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// Which GPU a [`GpuNicRule`] names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum GpuRef {
+    /// A CUDA device index, as the process sees it (after `CUDA_VISIBLE_DEVICES`).
+    Index(u32),
+    /// A PCI bus id, normalised by [`normalize_bdf`] (`0000:17:00.0`).
+    BusId(String),
+}
+
+impl fmt::Display for GpuRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Index(i) => write!(f, "{i}"),
+            Self::BusId(b) => f.write_str(b),
+        }
+    }
+}
+
+/// One `MEMKV_GPU_NIC_MAP` entry: the GPU and the NICs it uses, best first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuNicRule {
+    /// The GPU.
+    pub gpu: GpuRef,
+    /// Its NICs.
+    pub nics: Vec<String>,
+}
+
+/// Normalises a PCI address to sysfs form, `dddd:bb:dd.f` in lower case: accepts NVML's 8-digit
+/// domain (`00000000:17:00.0`), CUDA's upper case, and a missing domain (`17:00.0`).
+///
+/// ```
+/// use memkv::config::normalize_bdf;
+/// assert_eq!(normalize_bdf("00000000:17:00.0").unwrap(), "0000:17:00.0");
+/// assert_eq!(normalize_bdf("0000:AB:00.1").unwrap(), "0000:ab:00.1");
+/// assert_eq!(normalize_bdf("3b:00.0").unwrap(), "0000:3b:00.0");
+/// assert!(normalize_bdf("mlx5_0").is_err());
+/// ```
+pub fn normalize_bdf(s: &str) -> Result<String, String> {
+    let bad = || format!("{s:?} is not a PCI address; expected `dddd:bb:dd.f`, e.g. 0000:17:00.0");
+    let t = s.trim();
+    let parts: Vec<&str> = t.split(':').collect();
+    let (dom, bus, devfn) = match parts.as_slice() {
+        [d, b, df] => (*d, *b, *df),
+        [b, df] => ("0", *b, *df),
+        _ => return Err(bad()),
+    };
+    let (dev, fun) = devfn.split_once('.').ok_or_else(bad)?;
+    let hex = |x: &str, max_len: usize| {
+        if x.is_empty() || x.len() > max_len {
+            return Err(bad());
+        }
+        u32::from_str_radix(x, 16).map_err(|_| bad())
+    };
+    let (dom, bus, dev, fun) = (hex(dom, 8)?, hex(bus, 2)?, hex(dev, 2)?, hex(fun, 1)?);
+    if dom > 0xffff || dev > 0x1f || fun > 7 {
+        return Err(bad());
+    }
+    Ok(format!("{dom:04x}:{bus:02x}:{dev:02x}.{fun:x}"))
+}
+
+/// Checks an RDMA device name as the kernel spells them (`mlx5_0`, `rocep1s0f0`, `irdma-eth0`).
+fn check_nic_name(n: &str) -> Result<(), String> {
+    if n.is_empty() || n.len() > 64 || !n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+        return Err(format!(
+            "{n:?} is not an RDMA device name (letters, digits, `_`, `-`, `.`; see `ls /sys/class/infiniband`)"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses `MEMKV_RDMA_DEVICES`: comma-separated names, no duplicates; empty for none.
+pub fn parse_rdma_devices(s: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in s.split(',').map(str::trim) {
+        if n.is_empty() {
+            return Err("an entry is empty; list device names separated by single commas".into());
+        }
+        check_nic_name(n)?;
+        if out.iter().any(|o| o == n) {
+            return Err(format!("{n:?} is listed twice"));
+        }
+        out.push(n.to_string());
+    }
+    Ok(out)
+}
+
+/// Parses `MEMKV_GPU_NIC_MAP` (see its [`Param`]): `0=mlx5_0,0000:3b:00.0=mlx5_1+mlx5_2`.
+///
+/// ```
+/// use memkv::config::{parse_gpu_nic_map, GpuRef};
+/// let m = parse_gpu_nic_map("0=mlx5_0, 0000:3B:00.0=mlx5_1+mlx5_2").unwrap();
+/// assert_eq!(m[0].gpu, GpuRef::Index(0));
+/// assert_eq!(m[1].gpu, GpuRef::BusId("0000:3b:00.0".into()));
+/// assert_eq!(m[1].nics, ["mlx5_1", "mlx5_2"]);
+/// assert!(parse_gpu_nic_map("0=mlx5_0,0=mlx5_1").is_err());
+/// ```
+pub fn parse_gpu_nic_map(s: &str) -> Result<Vec<GpuNicRule>, String> {
+    let mut out: Vec<GpuNicRule> = Vec::new();
+    for entry in s.split(',').map(str::trim) {
+        let Some((gpu, nics)) = entry.split_once('=') else {
+            return Err(format!("entry {entry:?} has no `=`; write GPU=NIC, e.g. 0=mlx5_0"));
+        };
+        let gpu = gpu.trim();
+        let gpu = if !gpu.is_empty() && gpu.chars().all(|c| c.is_ascii_digit()) {
+            GpuRef::Index(gpu.parse().map_err(|_| format!("GPU index {gpu:?} is too large"))?)
+        } else {
+            GpuRef::BusId(normalize_bdf(gpu).map_err(|e| format!("entry {entry:?}: {e}, or a CUDA device index"))?)
+        };
+        let nics: Vec<String> = nics.split('+').map(|n| n.trim().to_string()).collect();
+        for n in &nics {
+            check_nic_name(n).map_err(|e| format!("entry {entry:?}: {e}"))?;
+        }
+        if out.iter().any(|r| r.gpu == gpu) {
+            return Err(format!("GPU {gpu} is mapped twice"));
+        }
+        out.push(GpuNicRule { gpu, nics });
+    }
+    Ok(out)
 }
 
 /// Everything a node needs.
@@ -941,6 +1172,7 @@ impl ClientConfig {
                 _ => Err(format!("expected {}", P_IO_THREADS.range)),
             },
         })?;
+        let mem = r.mem()?;
         Ok(Self {
             servers,
             auth_key,
@@ -953,6 +1185,7 @@ impl ClientConfig {
             namespace,
             payload_mac,
             io_threads,
+            mem,
         })
     }
 
@@ -1330,6 +1563,49 @@ impl<'a> Resolver<'a> {
 
     fn millis(&self, p: &'static Param, lo: u64, hi: u64) -> Result<Duration, ConfigError> {
         self.int(p, lo, hi).map(Duration::from_millis)
+    }
+
+    /// The client's memory settings.
+    fn mem(&self) -> Result<MemConfig, ConfigError> {
+        let rdma_devices =
+            self.parse_with(&P_RDMA_DEVICES, |s| if s.is_empty() { Ok(Vec::new()) } else { parse_rdma_devices(s) })?;
+        let gpu_nic_map =
+            self.parse_with(&P_GPU_NIC_MAP, |s| if s.is_empty() { Ok(Vec::new()) } else { parse_gpu_nic_map(s) })?;
+        let staging_slot = self.int(&P_STAGING_SLOT_MB, 1, 1024)? * MIB;
+        let slot_mb = staging_slot / MIB;
+        let staging_size = self.parse_with(&P_STAGING_SIZE_MB, |s| match s.parse::<u64>() {
+            Ok(0) => Ok(0),
+            Ok(v) if (2 * slot_mb..=65536).contains(&v) => Ok(v * MIB),
+            Ok(v) if v < 2 * slot_mb => Err(format!(
+                "{v} MiB holds fewer than two {slot_mb} MiB slots (MEMKV_STAGING_SLOT_MB), so copies could not overlap \
+                 the wire; give at least {} or lower MEMKV_STAGING_SLOT_MB (0 turns staging off)",
+                2 * slot_mb
+            )),
+            _ => Err(format!("expected 0 or an integer in {}..=65536", 2 * slot_mb)),
+        })?;
+        let mr_cache_max_entries = self.int(&P_MR_CACHE_MAX_ENTRIES, 1, 1 << 24)? as usize;
+        let mr_cache_max_bytes = self.int(&P_MR_CACHE_MAX_GB, 1, 1 << 20)? * GIB;
+        let prometheus_bind = self.parse_with(&P_PROMETHEUS_BIND, |s| {
+            if s.is_empty() {
+                return Ok(None);
+            }
+            s.parse::<SocketAddr>().map(Some).map_err(|_| format!("expected {}", P_PROMETHEUS_BIND.range))
+        })?;
+        let stats_interval = self.parse_with(&P_STATS_INTERVAL_S, |s| match s.parse::<u64>() {
+            Ok(0) => Ok(None),
+            Ok(v) if v <= 86_400 => Ok(Some(Duration::from_secs(v))),
+            _ => Err(format!("expected {}", P_STATS_INTERVAL_S.range)),
+        })?;
+        Ok(MemConfig {
+            rdma_devices,
+            gpu_nic_map,
+            staging_size,
+            staging_slot,
+            mr_cache_max_entries,
+            mr_cache_max_bytes,
+            prometheus_bind,
+            stats_interval,
+        })
     }
 
     fn auth_key(&self) -> Result<AuthKey, ConfigError> {

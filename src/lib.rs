@@ -9,7 +9,9 @@ pub mod client;
 pub mod config;
 pub mod license;
 pub mod logging;
+pub mod mem;
 pub mod server;
+pub mod topo;
 pub(crate) mod transport;
 pub mod wire;
 

@@ -4,6 +4,7 @@
 
 mod bench;
 mod license_cmd;
+mod topo;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -64,6 +65,30 @@ struct ConnArgs {
     /// Threads of this command's I/O runtime, or auto [env: MEMKV_IO_THREADS] [default: auto]
     #[arg(long, global = true, value_name = "N")]
     io_threads: Option<String>,
+    /// RDMA devices to use, e.g. mlx5_0,mlx5_1 [env: MEMKV_RDMA_DEVICES]
+    #[arg(long, global = true, value_name = "LIST")]
+    rdma_devices: Option<String>,
+    /// GPU→NIC overrides, e.g. 0=mlx5_0,1=mlx5_1 [env: MEMKV_GPU_NIC_MAP]
+    #[arg(long, global = true, value_name = "MAP")]
+    gpu_nic_map: Option<String>,
+    /// Pinned staging memory for GPU blocks, MiB [env: MEMKV_STAGING_SIZE_MB] [default: 256]
+    #[arg(long, global = true, value_name = "MB")]
+    staging_size_mb: Option<String>,
+    /// One staging slot, MiB [env: MEMKV_STAGING_SLOT_MB] [default: 16]
+    #[arg(long, global = true, value_name = "MB")]
+    staging_slot_mb: Option<String>,
+    /// Most MR cache entries [env: MEMKV_MR_CACHE_MAX_ENTRIES] [default: 65536]
+    #[arg(long, global = true, value_name = "N")]
+    mr_cache_max_entries: Option<String>,
+    /// Most MR cache bytes, GiB [env: MEMKV_MR_CACHE_MAX_GB] [default: 1024]
+    #[arg(long, global = true, value_name = "GB")]
+    mr_cache_max_gb: Option<String>,
+    /// Serve client metrics at IP:PORT/metrics [env: MEMKV_PROMETHEUS_BIND]
+    #[arg(long, global = true, value_name = "ADDR")]
+    prometheus_bind: Option<String>,
+    /// Seconds between client summary log lines, 0 = off [env: MEMKV_STATS_INTERVAL_S] [default: 60]
+    #[arg(long, global = true, value_name = "S")]
+    stats_interval_s: Option<String>,
     /// YAML or TOML config file [env: MEMKV_CONFIG]
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<String>,
@@ -86,6 +111,14 @@ impl ConnArgs {
             ("connect_timeout_ms", &self.connect_timeout_ms),
             ("payload_mac", &self.payload_mac.then(|| "true".to_string())),
             ("io_threads", &self.io_threads),
+            ("rdma_devices", &self.rdma_devices),
+            ("gpu_nic_map", &self.gpu_nic_map),
+            ("staging_size_mb", &self.staging_size_mb),
+            ("staging_slot_mb", &self.staging_slot_mb),
+            ("mr_cache_max_entries", &self.mr_cache_max_entries),
+            ("mr_cache_max_gb", &self.mr_cache_max_gb),
+            ("prometheus_bind", &self.prometheus_bind),
+            ("stats_interval_s", &self.stats_interval_s),
             ("config", &self.config),
         ]
         .into_iter()
@@ -148,6 +181,8 @@ enum Cmd {
     },
     /// Measure PUT/GET throughput and latency against the cluster
     Bench(bench::BenchArgs),
+    /// Show which RDMA NIC each GPU uses, the PCIe path between them and whether GPUDirect pays off
+    Topo(topo::TopoArgs),
 }
 
 fn main() -> ExitCode {
@@ -244,6 +279,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Status { json } => status(&conn, json).await,
         Cmd::Bench(args) => bench::run(&conn, args).await,
+        Cmd::Topo(args) => topo::run(args),
     }
 }
 

@@ -1,0 +1,4 @@
+//! Local memory: registration of host and GPU regions, the MR cache, staging slots.
+
+pub mod cache;
+pub mod staging;
