@@ -19,6 +19,7 @@ mod bufpool;
 mod loans;
 mod routing;
 mod session;
+mod staged;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use bufpool::BufPool;
 pub use loans::{Loans, ReadTarget};
 use routing::Rendezvous;
 use session::{Incoming, Outgoing, Session, SessionError, SessionParams, Targets};
+pub use staged::{StagedError, StagedPart};
 
 /// Idle receive buffers a client keeps for reuse (see `bufpool`).
 const RECV_POOL_BYTES: usize = 256 << 20;
@@ -263,6 +265,79 @@ impl GetItem {
     pub fn whole(key: impl Into<Vec<u8>>) -> Self {
         Self { key: key.into(), offset: 0, length: 0 }
     }
+}
+
+/// One entry of [`Client::prepare_put`]: `len` bytes for `[offset, offset + len)` of the
+/// `total`-byte object `key`.
+#[derive(Debug, Clone, Copy)]
+pub struct PutSpec<'a> {
+    /// Object key (the namespace is added by the client).
+    pub key: &'a [u8],
+    /// Offset inside the object.
+    pub offset: u64,
+    /// Payload bytes of the entry.
+    pub len: u64,
+    /// Final object size.
+    pub total: u64,
+}
+
+/// A PUT batch planned once by [`Client::prepare_put`].
+#[derive(Debug, Clone)]
+pub struct PreparedPut {
+    /// The caller's keys, for error messages.
+    keys: Vec<Vec<u8>>,
+    /// Payload length of each entry.
+    lens: Vec<u64>,
+    groups: Vec<PutGroup>,
+}
+
+impl PreparedPut {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Whether it has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+}
+
+/// One PUT_BATCH of a prepared batch: the node, its entries, their encoded table and where each
+/// entry's CRC goes in it.
+#[derive(Debug, Clone)]
+struct PutGroup {
+    idx: usize,
+    members: Vec<usize>,
+    meta: Vec<u8>,
+    crc_at: Vec<usize>,
+}
+
+/// A GET batch planned once by [`Client::prepare_get`].
+#[derive(Debug, Clone)]
+pub struct PreparedGet {
+    items: Vec<GetItem>,
+    groups: Vec<GetGroup>,
+}
+
+impl PreparedGet {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether it has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// One GET_BATCH of a prepared batch.
+#[derive(Debug, Clone)]
+struct GetGroup {
+    idx: usize,
+    members: Vec<usize>,
+    meta: Vec<u8>,
 }
 
 impl Client {
@@ -587,48 +662,94 @@ impl Client {
     /// Stores many objects or ranges: one PUT_BATCH per node (split at 4096 entries / 64 MiB),
     /// all nodes in parallel. Fails with the first entry a node refused.
     pub async fn put_batch(&self, items: &[PutItem]) -> Result<(), ClientError> {
-        let wire: Vec<Vec<u8>> = items.iter().map(|it| self.wire_key(&it.key)).collect::<Result<_, _>>()?;
-        let crcs: Vec<u32> = items.iter().map(|it| crc32c::crc32c(&it.data)).collect();
-        let groups = self.group(&wire, |i| (wire[i].len() + 30, items[i].data.len() as u64));
-        let calls = groups.into_iter().map(|(idx, members)| {
-            let (wire, crcs) = (&wire, &crcs);
-            async move {
-                let entries: Vec<BatchPutEntry<'_>> = members
-                    .iter()
-                    .map(|&i| BatchPutEntry {
-                        key: &wire[i],
-                        offset: items[i].offset,
-                        length: items[i].data.len() as u64,
-                        total: items[i].total,
-                        crc: crcs[i],
-                    })
-                    .collect();
+        let prepared = self.prepare_put(items.iter().map(|it| PutSpec {
+            key: &it.key,
+            offset: it.offset,
+            len: it.data.len() as u64,
+            total: it.total,
+        }))?;
+        let data: Vec<Bytes> = items.iter().map(|it| it.data.clone()).collect();
+        self.put_prepared(&prepared, &data).await
+    }
+
+    /// Plans a batch of PUT entries once, for [`put_prepared`](Self::put_prepared) to send any
+    /// number of times: keys namespaced and checked, entries grouped by node, each group's entry
+    /// table encoded (its CRCs are filled in per send). This is the descriptor pool of a NIXL
+    /// request: a send then allocates per node, never per entry.
+    pub fn prepare_put<'a>(&self, specs: impl IntoIterator<Item = PutSpec<'a>>) -> Result<PreparedPut, ClientError> {
+        let mut wire = Vec::new();
+        let mut entries = Vec::new();
+        for s in specs {
+            wire.push(self.wire_key(s.key)?);
+            entries.push(s);
+        }
+        let groups = self.group(&wire, |i| (wire[i].len() + 30, entries[i].len));
+        let groups = groups
+            .into_iter()
+            .map(|(idx, members)| {
                 let mut meta = Vec::new();
-                wire::encode_put_entries(&entries, &mut meta);
-                let mut h = Header::request(Op::PutBatch, 0);
-                h.count = entries.len() as u32;
-                let payload = members.iter().map(|&i| items[i].data.clone()).collect();
-                let r = self.call(idx, Op::PutBatch, h, meta, payload).await?;
-                if r.header.status() != Status::Ok {
-                    return Err(self.server_error(idx, Op::PutBatch, &r));
+                let mut crc_at = Vec::with_capacity(members.len());
+                for &i in &members {
+                    let e = &entries[i];
+                    let entry =
+                        BatchPutEntry { key: &wire[i], offset: e.offset, length: e.len, total: e.total, crc: 0 };
+                    wire::encode_put_entries(std::slice::from_ref(&entry), &mut meta);
+                    // The CRC is the last field of an entry.
+                    crc_at.push(meta.len() - 4);
                 }
-                let node = || self.inner.nodes[idx].name.clone();
-                let statuses = wire::decode_statuses(&r.meta, r.header.count)
-                    .map_err(|e| ClientError::Protocol { node: node(), why: e.to_string() })?;
-                if statuses.len() != members.len() {
-                    return Err(ClientError::Protocol {
-                        node: node(),
-                        why: "PUT_BATCH answer count differs from the request".into(),
-                    });
-                }
-                for (&i, s) in members.iter().zip(statuses) {
-                    if s != Status::Ok {
-                        let message = format!("entry for key {:?}", String::from_utf8_lossy(&items[i].key));
-                        return Err(ClientError::Server { node: node(), op: Op::PutBatch.name(), status: s, message });
-                    }
-                }
-                Ok(())
+                PutGroup { idx, members, meta, crc_at }
+            })
+            .collect();
+        let keys = entries.iter().map(|e| e.key.to_vec()).collect();
+        let lens = entries.iter().map(|e| e.len).collect();
+        Ok(PreparedPut { keys, lens, groups })
+    }
+
+    /// Sends a prepared PUT batch: entry `i` takes `data[i]`, which must be exactly as long as
+    /// the entry's `len`. Fails with the first entry a node refused.
+    pub async fn put_prepared(&self, prepared: &PreparedPut, data: &[Bytes]) -> Result<(), ClientError> {
+        if data.len() != prepared.lens.len() {
+            return Err(ClientError::Unsupported(format!(
+                "{} payloads for a batch of {} entries",
+                data.len(),
+                prepared.lens.len()
+            )));
+        }
+        if let Some((d, want)) = data.iter().zip(&prepared.lens).find(|(d, want)| d.len() as u64 != **want) {
+            return Err(ClientError::Unsupported(format!(
+                "a {}-byte payload for an entry prepared with {want} bytes",
+                d.len()
+            )));
+        }
+        let calls = prepared.groups.iter().map(|g| async move {
+            let mut meta = g.meta.clone();
+            let mut payload = Vec::with_capacity(g.members.len());
+            for (&i, &at) in g.members.iter().zip(&g.crc_at) {
+                meta[at..at + 4].copy_from_slice(&crc32c::crc32c(&data[i]).to_le_bytes());
+                payload.push(data[i].clone());
             }
+            let mut h = Header::request(Op::PutBatch, 0);
+            h.count = g.members.len() as u32;
+            let r = self.call(g.idx, Op::PutBatch, h, meta, payload).await?;
+            if r.header.status() != Status::Ok {
+                return Err(self.server_error(g.idx, Op::PutBatch, &r));
+            }
+            let node = || self.inner.nodes[g.idx].name.clone();
+            let statuses = wire::decode_statuses(&r.meta, r.header.count)
+                .map_err(|e| ClientError::Protocol { node: node(), why: e.to_string() })?;
+            if statuses.len() != g.members.len() {
+                return Err(ClientError::Protocol {
+                    node: node(),
+                    why: "PUT_BATCH answer count differs from the request".into(),
+                });
+            }
+            for (&i, s) in g.members.iter().zip(statuses) {
+                if s != Status::Ok {
+                    let message = format!("entry for key {:?}", String::from_utf8_lossy(&prepared.keys[i]));
+                    return Err(ClientError::Server { node: node(), op: Op::PutBatch.name(), status: s, message });
+                }
+            }
+            Ok(())
         });
         join_all(calls).await.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
     }
@@ -636,7 +757,7 @@ impl Client {
     /// Reads many objects or ranges: one GET_BATCH per node, all nodes in parallel. Absent keys
     /// and keys on unavailable nodes are `None`; other failures are errors.
     pub async fn get_batch(&self, items: &[GetItem]) -> Result<Vec<Option<Bytes>>, ClientError> {
-        let got = self.fetch_batch(items, None).await?;
+        let got = self.fetch_batch(&self.prepare_get(items)?, None).await?;
         Ok(got.into_iter().map(|g| g.and_then(|g| if let Got::Bytes(b) = g { Some(b) } else { None })).collect())
     }
 
@@ -645,6 +766,36 @@ impl Client {
     /// Returns, per entry, whether it was found (and its target filled). The targets' loans end
     /// when no task writes to them any more, also when this future is dropped early.
     pub async fn get_batch_into(&self, items: &[GetItem], targets: Vec<ReadTarget>) -> Result<Vec<bool>, ClientError> {
+        self.get_prepared_into(&self.prepare_get(items)?, targets).await
+    }
+
+    /// Plans a batch of GET entries once, for [`get_prepared_into`](Self::get_prepared_into) to
+    /// run any number of times (keys namespaced, grouped by node, entry tables encoded).
+    pub fn prepare_get(&self, items: &[GetItem]) -> Result<PreparedGet, ClientError> {
+        let wire: Vec<Vec<u8>> = items.iter().map(|it| self.wire_key(&it.key)).collect::<Result<_, _>>()?;
+        let groups = self.group(&wire, |i| (wire[i].len() + 18, 0));
+        let groups = groups
+            .into_iter()
+            .map(|(idx, members)| {
+                let entries: Vec<BatchGetEntry<'_>> = members
+                    .iter()
+                    .map(|&i| BatchGetEntry { key: &wire[i], offset: items[i].offset, length: items[i].length })
+                    .collect();
+                let mut meta = Vec::new();
+                wire::encode_get_entries(&entries, &mut meta);
+                GetGroup { idx, members, meta }
+            })
+            .collect();
+        Ok(PreparedGet { items: items.to_vec(), groups })
+    }
+
+    /// Runs a prepared GET batch into `targets` (see [`get_batch_into`](Self::get_batch_into)).
+    pub async fn get_prepared_into(
+        &self,
+        prepared: &PreparedGet,
+        targets: Vec<ReadTarget>,
+    ) -> Result<Vec<bool>, ClientError> {
+        let items = &prepared.items;
         if targets.len() != items.len() {
             return Err(ClientError::Unsupported(format!("{} targets for {} entries", targets.len(), items.len())));
         }
@@ -656,38 +807,33 @@ impl Client {
                 it.length
             )));
         }
-        Ok(self.fetch_batch(items, Some(targets)).await?.into_iter().map(|g| g.is_some()).collect())
+        Ok(self.fetch_batch(prepared, Some(targets)).await?.into_iter().map(|g| g.is_some()).collect())
     }
 
     async fn fetch_batch(
         &self,
-        items: &[GetItem],
+        prepared: &PreparedGet,
         targets: Option<Vec<ReadTarget>>,
     ) -> Result<Vec<Option<Got>>, ClientError> {
-        let wire: Vec<Vec<u8>> = items.iter().map(|it| self.wire_key(&it.key)).collect::<Result<_, _>>()?;
-        let groups = self.group(&wire, |i| (wire[i].len() + 18, 0));
+        let items = &prepared.items;
         let mut targets: Vec<Option<ReadTarget>> = targets.into_iter().flatten().map(Some).collect();
-        let calls = groups.into_iter().map(|(idx, members)| {
-            let wire = &wire;
+        let calls = prepared.groups.iter().map(|g| {
             // The group's targets, in the order of its entries.
             let group_targets: Option<Targets> = (!targets.is_empty())
-                .then(|| members.iter().map(|&i| targets[i].take().expect("each entry is in one group")).collect());
+                .then(|| g.members.iter().map(|&i| targets[i].take().expect("each entry is in one group")).collect());
             async move {
-                let entries: Vec<BatchGetEntry<'_>> = members
-                    .iter()
-                    .map(|&i| BatchGetEntry { key: &wire[i], offset: items[i].offset, length: items[i].length })
-                    .collect();
-                let mut meta = Vec::new();
-                wire::encode_get_entries(&entries, &mut meta);
+                let (idx, members) = (g.idx, &g.members);
                 let mut h = Header::request(Op::GetBatch, 0);
-                h.count = entries.len() as u32;
-                let r = match self.call_into(idx, Op::GetBatch, h, meta, Vec::new(), group_targets.clone()).await {
-                    Ok(r) => r,
-                    Err(e) if e.is_unavailable() => {
-                        return Ok(members.into_iter().map(|i| (i, None)).collect::<Vec<_>>());
-                    }
-                    Err(e) => return Err(e),
-                };
+                h.count = members.len() as u32;
+                let r =
+                    match self.call_into(idx, Op::GetBatch, h, g.meta.clone(), Vec::new(), group_targets.clone()).await
+                    {
+                        Ok(r) => r,
+                        Err(e) if e.is_unavailable() => {
+                            return Ok(members.iter().map(|&i| (i, None)).collect::<Vec<_>>());
+                        }
+                        Err(e) => return Err(e),
+                    };
                 if r.header.status() != Status::Ok {
                     return Err(self.server_error(idx, Op::GetBatch, &r));
                 }

@@ -325,7 +325,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
             _ => None,
         };
         let segments: Vec<u64> = match &answers {
-            Some(a) => a.iter().filter(|a| a.status == Status::Ok).map(|a| a.length).collect(),
+            Some(a) => {
+                let mut v = Vec::with_capacity(a.len());
+                v.extend(a.iter().filter(|a| a.status == Status::Ok).map(|a| a.length));
+                v
+            }
             None => vec![h.length],
         };
         let targets = shared.pending.lock().get(&h.request_id).and_then(|p| p.targets.clone());
@@ -381,7 +385,8 @@ fn place(h: &Header, answers: Option<&[wire::BatchGetAnswer]>, targets: Targets)
     let order: Vec<usize> = match (h.op(), answers) {
         (Some(Op::Get), _) if targets.len() == 1 && targets[0].len() as u64 == h.length => vec![0],
         (Some(Op::GetBatch), Some(a)) if a.len() == targets.len() => {
-            let ok: Vec<usize> = (0..a.len()).filter(|&j| a[j].status == Status::Ok).collect();
+            let mut ok = Vec::with_capacity(a.len());
+            ok.extend((0..a.len()).filter(|&j| a[j].status == Status::Ok));
             ok.iter().all(|&j| targets[j].len() as u64 == a[j].length).then_some(ok)?
         }
         _ => return None,

@@ -238,7 +238,7 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
             p.finish()
         }));
     }
-    let mut slices = Vec::with_capacity(frames.len() * 3);
+    let mut slices = Vec::with_capacity(frames.iter().map(|f| f.payload.len() + 2).sum());
     for ((prefix, f), trailer) in prefixes.iter().zip(frames.iter()).zip(&trailers) {
         slices.push(IoSlice::new(prefix));
         slices.extend(f.payload.iter().map(|p| IoSlice::new(p)));

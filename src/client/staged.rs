@@ -1,0 +1,127 @@
+//! GPU blocks over TCP: device memory is copied through the pinned staging slots
+//! ([`crate::mem::staging`]) and each slot travels as one ranged PUT, or is filled by one ranged
+//! GET, while the next slot's copy runs (double buffering).
+
+use std::time::{Duration, Instant};
+
+use super::{Client, ClientError, GetItem, Loans, PutItem};
+use crate::mem::staging::{self, BoxError, CopyEngine, Segment, SlotPool, StagingError};
+
+/// One staged transfer: `len` bytes at device address `addr` ↔ `[offset, offset + len)` of the
+/// `total`-byte object `key` (`total` matters for writes only).
+#[derive(Debug, Clone, Copy)]
+pub struct StagedPart<'a> {
+    /// Object key (the namespace is added by the client).
+    pub key: &'a [u8],
+    /// Offset inside the object.
+    pub offset: u64,
+    /// Final object size (writes).
+    pub total: u64,
+    /// Device address.
+    pub addr: u64,
+    /// Byte count.
+    pub len: u64,
+}
+
+/// Why a staged transfer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StagedError {
+    /// The node or the connection failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A copy or the slot pool failed.
+    #[error(transparent)]
+    Staging(StagingError),
+    /// The object of part `0` is absent.
+    #[error("part {0}: the object is absent")]
+    Absent(usize),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("absent")]
+struct Absent(usize);
+
+fn unwrap(e: StagingError) -> StagedError {
+    let source = match e {
+        StagingError::Send { source, .. } | StagingError::Fetch { source, .. } => source,
+        other => return StagedError::Staging(other),
+    };
+    match source.downcast::<ClientError>() {
+        Ok(c) => StagedError::Client(*c),
+        Err(other) => match other.downcast::<Absent>() {
+            Ok(a) => StagedError::Absent(a.0),
+            Err(other) => StagedError::Staging(StagingError::Copy {
+                direction: staging::Direction::HostToDevice,
+                len: 0,
+                message: other.to_string(),
+            }),
+        },
+    }
+}
+
+fn segments(parts: &[StagedPart<'_>]) -> Vec<Segment> {
+    parts.iter().enumerate().map(|(i, p)| Segment::new(p.addr, p.len, i)).collect()
+}
+
+impl Client {
+    /// Writes device memory to objects through `pool`'s slots, copying with `engine`.
+    ///
+    /// # Safety
+    /// Every part's device range must be readable by `engine` and unchanged until the future
+    /// completes or is dropped.
+    pub async unsafe fn put_staged<E: CopyEngine>(
+        &self,
+        pool: &SlotPool,
+        engine: &E,
+        parts: &[StagedPart<'_>],
+    ) -> Result<(), StagedError> {
+        let send = |c: staging::Chunk| {
+            let p = parts[c.block];
+            let item =
+                PutItem { key: p.key.to_vec(), offset: p.offset + c.offset_in_segment, total: p.total, data: c.data };
+            async move { self.put_batch(std::slice::from_ref(&item)).await.map_err(|e| Box::new(e) as BoxError) }
+        };
+        let segments = segments(parts);
+        // SAFETY: the device ranges are the caller's promise; slots belong to the pool.
+        unsafe { staging::stage_out(pool, engine, &segments, send) }.await.map_err(unwrap)
+    }
+
+    /// Reads objects into device memory through `pool`'s slots, copying with `engine`. An
+    /// absent object is [`StagedError::Absent`].
+    ///
+    /// # Safety
+    /// Every part's device range must be writable by `engine` and untouched by anyone else until
+    /// the future completes or is dropped.
+    pub async unsafe fn get_staged<E: CopyEngine>(
+        &self,
+        pool: &SlotPool,
+        engine: &E,
+        parts: &[StagedPart<'_>],
+    ) -> Result<(), StagedError> {
+        let timeout = self.inner.cfg.op_timeout;
+        let fetch = |req: staging::ChunkReq, mut slot: staging::Slot| {
+            let p = parts[req.block];
+            let item =
+                GetItem { key: p.key.to_vec(), offset: p.offset + req.offset_in_segment, length: req.len as u64 };
+            async move {
+                let loans = Loans::new();
+                // SAFETY: the slot is ours until we return it; the loan is waited out below.
+                let target = unsafe { loans.target(slot.as_mut_ptr(), req.len) };
+                let got = self.get_batch_into(std::slice::from_ref(&item), vec![target]).await;
+                // The slot goes back only when no connection can still write into it.
+                let deadline = Instant::now() + timeout;
+                while loans.outstanding() > 0 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_micros(50)).await;
+                }
+                match got {
+                    Ok(found) if found[0] => Ok(slot),
+                    Ok(_) => Err(Box::new(Absent(req.block)) as BoxError),
+                    Err(e) => Err(Box::new(e) as BoxError),
+                }
+            }
+        };
+        let segments = segments(parts);
+        // SAFETY: the device ranges are the caller's promise; slots belong to the pool.
+        unsafe { staging::stage_in(pool, engine, &segments, fetch) }.await.map_err(unwrap)
+    }
+}
