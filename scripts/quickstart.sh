@@ -18,6 +18,8 @@ mkdir -p "$run"
 say() { printf '\n== %s\n' "$*"; }
 
 say "building (release): memkv-server, memkv, libplugin_MEMKV.so"
+# shellcheck source=scripts/build-deps.sh
+source scripts/build-deps.sh
 cargo build --release --quiet --bin memkv --bin memkv-server
 cargo build --release --quiet -p memkv-nixl
 bin=$root/target/release

@@ -8,6 +8,8 @@ cd "$root"
 step() { printf '\n== %s\n' "$*"; }
 
 step "toolchain"
+# shellcheck source=scripts/build-deps.sh
+source scripts/build-deps.sh
 cargo --version
 rustc --version
 

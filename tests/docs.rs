@@ -107,12 +107,14 @@ fn troubleshooting_quotes_messages_the_code_still_prints() {
 
 #[test]
 fn operations_doc_names_only_metrics_the_node_exports() {
+    // Client metrics are listed without their `memkv_client_` prefix; src/mem/metrics.rs is
+    // tested for the names it renders.
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
     let mut code = String::new();
     sources("src/server", &["rs"], &mut code);
     let names: std::collections::BTreeSet<&str> = doc
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("memkv_") && !w.starts_with("memkv_mr"))
+        .filter(|w| w.starts_with("memkv_") && !w.starts_with("memkv_mr") && *w != "memkv_client_")
         .collect();
     assert!(names.len() >= 5, "{names:?}");
     for n in names {

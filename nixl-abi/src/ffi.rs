@@ -12,7 +12,7 @@ pub struct Desc {
     pub len: u64,
     /// NIXL devId.
     pub dev_id: u64,
-    /// `*const ObjReg` for OBJ_SEG descriptors, null otherwise.
+    /// `*const Reg` of the descriptor's registration (null where NIXL has none).
     pub obj: *mut c_void,
 }
 

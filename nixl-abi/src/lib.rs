@@ -18,7 +18,7 @@ use std::ffi::{c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
-use engine::{Engine, ObjReg, Request};
+use engine::{Engine, Reg, Request};
 use ffi::{Blob, Desc, Kv, RustApi, status};
 
 /// The backend name: NIXL's `create_backend("MEMKV")` and the file name `libplugin_MEMKV.so`.
@@ -139,11 +139,10 @@ unsafe extern "C" fn register_mem(p: *mut c_void, mem_type: i32, desc: *const Bl
         let (e, d) = unsafe { (engine(p), &*desc) };
         // SAFETY: metaInfo bytes of the NIXL descriptor, valid for this call.
         let meta = unsafe { ffi::bytes(d.meta, d.meta_len) };
-        match e.register(mem_type, d.dev_id, meta) {
+        match e.register(mem_type, d.addr, d.len, d.dev_id, meta) {
             Ok(reg) => {
-                let obj = reg.map_or(std::ptr::null_mut(), |r| Box::into_raw(r).cast());
                 // SAFETY: `out` is the shim's out-pointer.
-                unsafe { *out = obj };
+                unsafe { *out = Box::into_raw(reg).cast() };
                 status::SUCCESS
             }
             Err(code) => code,
@@ -151,11 +150,12 @@ unsafe extern "C" fn register_mem(p: *mut c_void, mem_type: i32, desc: *const Bl
     })
 }
 
-unsafe extern "C" fn deregister_mem(_p: *mut c_void, obj: *mut c_void) {
+unsafe extern "C" fn deregister_mem(p: *mut c_void, obj: *mut c_void) {
     guarded("deregisterMem", (), || {
         if !obj.is_null() {
-            // SAFETY: created by register_mem; the shim deregisters each once.
-            drop(unsafe { Box::from_raw(obj.cast::<ObjReg>()) });
+            // SAFETY: live engine; `obj` was created by register_mem and the shim deregisters
+            // each once.
+            unsafe { engine(p).deregister(*Box::from_raw(obj.cast::<Reg>())) };
         }
     })
 }

@@ -29,7 +29,7 @@ template <class F> nixl_status_t guarded(const char *where, F &&f) noexcept {
     return NIXL_ERR_BACKEND;
 }
 
-// The Rust registration behind an OBJ_SEG descriptor (DRAM_SEG registrations have none).
+// The Rust registration behind a descriptor (an object key, or a registered memory region).
 class MemkvMD : public nixlBackendMD {
   public:
     explicit MemkvMD(void *o) : nixlBackendMD(true), obj(o) {}
@@ -101,7 +101,7 @@ class MemkvEngine final : public nixlBackendEngine {
 
     nixl_status_t deregisterMem(nixlBackendMD *md) override {
         return guarded("deregisterMem", [&] {
-            if (md) {  // null for DRAM_SEG registrations
+            if (md) {
                 g_api->deregister_mem(rust_, rust_obj(md));
                 delete md;
             }

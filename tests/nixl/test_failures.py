@@ -254,7 +254,8 @@ def test_vram_registration_fails(cluster, capfd):
     capfd.readouterr()
     with pytest.raises(Exception):
         agent.register_memory([(addr(host), 4096, 0, "")], "VRAM", backends=["MEMKV"])
-    assert "VRAM_SEG" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "VRAM_SEG" in err and "GPU memory needs the CUDA driver" in err, err
     # The agent is fine afterwards.
     register_dram(agent, host)
     (dev,) = dev_ids(1201, 1)

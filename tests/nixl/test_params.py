@@ -30,6 +30,14 @@ CLIENT_KEYS = {
     "io_threads",
     "transport",
     "payload_mac",
+    "rdma_devices",
+    "gpu_nic_map",
+    "staging_size_mb",
+    "staging_slot_mb",
+    "mr_cache_max_entries",
+    "mr_cache_max_gb",
+    "prometheus_bind",
+    "stats_interval_s",
     "config",
 }
 
@@ -52,6 +60,9 @@ def test_plugin_params_list_every_client_setting_with_defaults(bare_agent):
     assert params["connect_timeout_ms"] == "2000"
     assert params["transport"] == "auto"
     assert params["payload_mac"] == "false"
+    assert params["staging_size_mb"] == "256"
+    assert params["staging_slot_mb"] == "16"
+    assert params["mr_cache_max_gb"] == "1024"
     # Required settings and ones without a default are listed empty.
     for k in ("servers", "auth_key", "license", "license_pubkey", "namespace", "config"):
         assert params[k] == "", k
