@@ -570,3 +570,109 @@ impl Registry {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct FakeNic {
+        dmabuf_ok: bool,
+    }
+
+    impl Nic for FakeNic {
+        fn name(&self) -> &str {
+            "mlx5_0"
+        }
+        fn register(&self, _addr: u64, _len: u64) -> Result<Mr, String> {
+            Ok(Mr::detached("mlx5_0", 1, 2))
+        }
+        fn register_dmabuf(&self, _fd: i32, _off: u64, _len: u64, _iova: u64) -> Result<Mr, String> {
+            if self.dmabuf_ok { Ok(Mr::detached("mlx5_0", 3, 4)) } else { Err("EOPNOTSUPP".into()) }
+        }
+    }
+
+    /// GPU memory at 0x7000_0000 (1 MiB, GPU 1); everything else is host memory.
+    struct FakeGpu;
+
+    impl GpuDriver for FakeGpu {
+        fn pointer_info(&self, addr: u64) -> Result<PtrInfo, MemError> {
+            let device = (0x7000_0000..0x7010_0000).contains(&addr);
+            Ok(PtrInfo { device, ordinal: if device { 1 } else { -1 }, base: 0x7000_0000, size: 1 << 20, buffer_id: 9 })
+        }
+        fn export_dmabuf(&self, _o: i32, _b: u64, _s: u64) -> Result<OwnedFd, MemError> {
+            Ok(std::fs::File::open("/dev/null").unwrap().into())
+        }
+        fn copy_engine(&self, _o: i32) -> Result<StageEngine, MemError> {
+            Ok(StageEngine::Host(staging::HostCopy::new().unwrap()))
+        }
+    }
+
+    fn registry(nic: Option<bool>, peermem: bool, staging_mb: u64) -> (Registry, tempfile::TempDir) {
+        let sysfs = tempfile::tempdir().unwrap();
+        if peermem {
+            std::fs::create_dir_all(sysfs.path().join("sys/module/nvidia_peermem")).unwrap();
+        }
+        let cfg = MemConfig { staging_size: staging_mb << 20, staging_slot: 1 << 20, ..MemConfig::default() };
+        let nics: Vec<Arc<dyn Nic>> =
+            nic.map(|ok| Arc::new(FakeNic { dmabuf_ok: ok }) as Arc<dyn Nic>).into_iter().collect();
+        let r = Registry::new(
+            &cfg,
+            nics,
+            "RDMA is unavailable".into(),
+            Box::new(|_| None),
+            Box::new(FakeGpu),
+            sysfs.path().into(),
+        );
+        (r, sysfs)
+    }
+
+    const GPU: u64 = 0x7000_0000;
+
+    #[test]
+    fn gpu_memory_takes_dmabuf_then_peermem_then_staging() {
+        let (r, _d) = registry(Some(true), false, 4);
+        let h = r.register(GPU, 4096, Declared::Vram).unwrap();
+        assert_eq!((h.region().path, h.region().nic.as_deref()), (Path::Dmabuf, Some("mlx5_0")));
+        assert_eq!(h.region().kind, Kind::Device { ordinal: 1 });
+        assert_eq!(r.resolve(GPU + 100, 10).unwrap().value().mrs[0].lkey, 3, "the dma-buf MR");
+
+        let (r, _d) = registry(Some(false), true, 4);
+        assert_eq!(r.register(GPU, 4096, Declared::Vram).unwrap().region().path, Path::PeerMem);
+
+        let (r, _d) = registry(Some(false), false, 4);
+        assert_eq!(r.register(GPU, 4096, Declared::Vram).unwrap().region().path, Path::Staging);
+        assert!(r.stats().staging.is_some(), "the pool is allocated at the first staged registration");
+
+        let (r, _d) = registry(None, false, 4);
+        assert_eq!(r.register(GPU, 4096, Declared::Vram).unwrap().region().path, Path::Staging);
+    }
+
+    #[test]
+    fn bad_gpu_registrations_name_the_problem() {
+        let (r, _d) = registry(None, false, 0);
+        let e = r.register(GPU, 4096, Declared::Vram).unwrap_err();
+        assert!(matches!(e, MemError::StagingOff { .. }) && e.to_string().contains("MEMKV_STAGING_SIZE_MB"), "{e}");
+        let (r, _d) = registry(None, false, 4);
+        let e = r.register(0x1000, 4096, Declared::Vram).unwrap_err();
+        assert!(matches!(e, MemError::NotDevice { .. }) && e.to_string().contains("DRAM_SEG"), "{e}");
+        let e = r.register(GPU + (1 << 20) - 10, 4096, Declared::Vram).unwrap_err();
+        assert!(matches!(e, MemError::PastAllocation { .. }), "{e}");
+        assert!(matches!(r.register(GPU, 0, Declared::Vram), Err(MemError::InvalidRange { .. })));
+    }
+
+    #[test]
+    fn host_regions_resolve_anywhere_inside_and_deregister_invalidates() {
+        let (r, _d) = registry(Some(true), false, 4);
+        let h = r.register(0x10_0000, 1 << 20, Declared::Dram).unwrap();
+        assert_eq!(h.region().path, Path::Host);
+        let e = r.resolve(0x10_0000 + 4096, 4096).unwrap();
+        assert_eq!((e.start(), e.len(), e.value().mrs.len()), (0x10_0000, 1 << 20, 1));
+        assert!(r.resolve(0x10_0000 + (1 << 20) - 1, 2).is_err(), "past the end");
+        let s = r.stats();
+        assert_eq!((s.regions, s.host_bytes, s.cache.hits), (1, 1 << 20, 1));
+        r.deregister(h);
+        assert!(matches!(r.resolve(0x10_0000, 10), Err(MemError::NotRegistered { .. })));
+        assert_eq!(r.stats().cache.entries, 0);
+    }
+}
