@@ -469,36 +469,22 @@ async fn run_staged(client: &Client, registry: &Registry, gpu: i32, planned: &Pl
         }
     };
     let device = |&(r, off): &(usize, usize)| planned.regions[r].start() + off as u64;
-    let (parts, write): (Vec<StagedPart<'_>>, bool) = match &planned.work {
-        Work::Write(parts, _) => (
-            parts
-                .iter()
-                .zip(&planned.at)
-                .map(|(p, at)| StagedPart {
-                    key: &planned.keys[p.object],
-                    offset: p.offset,
-                    total: p.total,
-                    addr: device(at),
-                    len: p.len,
-                })
-                .collect(),
-            true,
-        ),
-        Work::Read(parts, _) => (
-            parts
-                .iter()
-                .zip(&planned.at)
-                .map(|(p, at)| StagedPart {
-                    key: &planned.keys[p.object],
-                    offset: p.offset,
-                    total: 0,
-                    addr: device(at),
-                    len: p.len,
-                })
-                .collect(),
-            false,
-        ),
+    // (object, offset, len, total) of each part, in plan order.
+    let (shape, write): (Vec<(usize, u64, u64, u64)>, bool) = match &planned.work {
+        Work::Write(parts, _) => (parts.iter().map(|p| (p.object, p.offset, p.len, p.total)).collect(), true),
+        Work::Read(parts, _) => (parts.iter().map(|p| (p.object, p.offset, p.len, 0)).collect(), false),
     };
+    let parts: Vec<StagedPart<'_>> = shape
+        .iter()
+        .zip(&planned.at)
+        .map(|(&(object, offset, len, total), at)| StagedPart {
+            key: &planned.keys[object],
+            offset,
+            total,
+            addr: device(at),
+            len,
+        })
+        .collect();
     // SAFETY: the ranges lie in GPU memory the caller registered and keeps valid (and, for
     // reads, untouched) until the request completes or is released; release aborts this task,
     // and the pipeline settles every started copy before its future ends.
