@@ -260,6 +260,7 @@ impl Engine {
         // Locate every part in its registered region: one MR-cache lookup each, here and not
         // per post.
         let mut regions: Vec<Arc<Entry<Registered>>> = Vec::new();
+        let mut region_of: BTreeMap<*const Entry<Registered>, usize> = BTreeMap::new();
         let mut at = Vec::with_capacity(locals.len());
         for (addr, len) in locals {
             let entry = self.registry.resolve(addr, len).map_err(|e| fail(status::ERR_INVALID_PARAM, e.to_string()))?;
@@ -271,13 +272,10 @@ impl Engine {
                     format!("{addr:#x} (+{len} bytes) lies in memory registered as the other kind than {want}"),
                 ));
             }
-            let idx = match regions.iter().position(|r| Arc::ptr_eq(r, &entry)) {
-                Some(i) => i,
-                None => {
-                    regions.push(entry);
-                    regions.len() - 1
-                }
-            };
+            let idx = *region_of.entry(Arc::as_ptr(&entry)).or_insert_with(|| {
+                regions.push(entry);
+                regions.len() - 1
+            });
             at.push((idx, (addr - regions[idx].start()) as usize));
         }
         let mut gpus = regions.iter().filter_map(|r| match r.value().region.kind {

@@ -41,21 +41,16 @@ pub enum StagedError {
 #[error("absent")]
 struct Absent(usize);
 
+/// The client's own errors back out of the pipeline's wrapping; the pipeline's errors as they are.
 fn unwrap(e: StagingError) -> StagedError {
-    let source = match e {
-        StagingError::Send { source, .. } | StagingError::Fetch { source, .. } => source,
-        other => return StagedError::Staging(other),
-    };
-    match source.downcast::<ClientError>() {
-        Ok(c) => StagedError::Client(*c),
-        Err(other) => match other.downcast::<Absent>() {
-            Ok(a) => StagedError::Absent(a.0),
-            Err(other) => StagedError::Staging(StagingError::Copy {
-                direction: staging::Direction::HostToDevice,
-                len: 0,
-                message: other.to_string(),
-            }),
-        },
+    match e {
+        StagingError::Send { source, .. } | StagingError::Fetch { source, .. } if source.is::<ClientError>() => {
+            StagedError::Client(*source.downcast::<ClientError>().expect("checked by is()"))
+        }
+        StagingError::Fetch { source, .. } if source.is::<Absent>() => {
+            StagedError::Absent(source.downcast_ref::<Absent>().expect("checked by is()").0)
+        }
+        other => StagedError::Staging(other),
     }
 }
 

@@ -47,7 +47,10 @@ pub trait Nic: Send + Sync + fmt::Debug {
     fn register_dmabuf(&self, fd: RawFd, offset: u64, len: u64, iova: u64) -> Result<Mr, String>;
 }
 
-const ACCESS: fn() -> AccessFlags = || AccessFlags::LocalWrite | AccessFlags::RemoteWrite | AccessFlags::RemoteRead;
+/// What every MR allows: local writes (receives) and one-sided remote reads and writes.
+fn access() -> AccessFlags {
+    AccessFlags::LocalWrite | AccessFlags::RemoteWrite | AccessFlags::RemoteRead
+}
 
 /// A NIC opened through verbs, with one protection domain.
 struct VerbsNic {
@@ -73,14 +76,14 @@ impl Nic for VerbsNic {
     fn register(&self, addr: u64, len: u64) -> Result<Mr, String> {
         // SAFETY: the registry registers only regions the application registered and keeps
         // valid until it deregisters them, which drops this MR first.
-        let m = unsafe { self.pd.reg_mr(addr as usize, len as usize, ACCESS()) };
+        let m = unsafe { self.pd.reg_mr(addr as usize, len as usize, access()) };
         m.map(|m| mr(&self.name, m)).map_err(|e| format!("ibv_reg_mr on {}: {e}", self.name))
     }
 
     fn register_dmabuf(&self, fd: RawFd, offset: u64, len: u64, iova: u64) -> Result<Mr, String> {
         // SAFETY: `fd` is a dma-buf exported by the CUDA driver for memory the application keeps
         // valid until it deregisters it (as for `register`).
-        let m = unsafe { self.pd.reg_dmabuf_mr(offset, len as usize, iova, fd, ACCESS()) };
+        let m = unsafe { self.pd.reg_dmabuf_mr(offset, len as usize, iova, fd, access()) };
         m.map(|m| mr(&self.name, m)).map_err(|e| format!("ibv_reg_dmabuf_mr on {}: {e}", self.name))
     }
 }

@@ -279,7 +279,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Status { json } => status(&conn, json).await,
         Cmd::Bench(args) => bench::run(&conn, args).await,
-        Cmd::Topo(args) => topo::run(args),
+        Cmd::Topo(args) => topo::run(args, conn.rdma_devices.clone(), conn.gpu_nic_map.clone()),
     }
 }
 

@@ -21,12 +21,6 @@ pub(crate) struct TopoArgs {
     /// Plan for these GPU PCI bus ids instead of asking NVML
     #[arg(long, value_name = "BDF[,BDF...]")]
     gpus: Option<String>,
-    /// RDMA devices to consider, e.g. mlx5_0,mlx5_1 [env: MEMKV_RDMA_DEVICES] [default: all]
-    #[arg(long, value_name = "LIST")]
-    rdma_devices: Option<String>,
-    /// GPU → NIC overrides, e.g. 0=mlx5_0,1=mlx5_1+mlx5_2 [env: MEMKV_GPU_NIC_MAP]
-    #[arg(long, value_name = "MAP")]
-    gpu_nic_map: Option<String>,
 }
 
 /// The flag's value, else the variable's; with the name to blame in an error.
@@ -37,15 +31,16 @@ fn flag_or_env(flag: Option<String>, flag_name: &'static str, env: &'static str)
     }
 }
 
-pub(crate) fn run(args: TopoArgs) -> Result<ExitCode> {
-    let rdma = flag_or_env(args.rdma_devices, "--rdma-devices", "MEMKV_RDMA_DEVICES");
+/// `rdma_devices` and `gpu_nic_map` are the global flags of the same names.
+pub(crate) fn run(args: TopoArgs, rdma_devices: Option<String>, gpu_nic_map: Option<String>) -> Result<ExitCode> {
+    let rdma = flag_or_env(rdma_devices, "--rdma-devices", "MEMKV_RDMA_DEVICES");
     let rdma_from = rdma.as_ref().map_or("MEMKV_RDMA_DEVICES", |r| r.1);
     let rdma_devices = match rdma {
         Some((v, _)) if v.trim().is_empty() => Vec::new(),
         Some((v, from)) => parse_rdma_devices(&v).map_err(anyhow::Error::msg).context(from)?,
         None => Vec::new(),
     };
-    let map = flag_or_env(args.gpu_nic_map, "--gpu-nic-map", "MEMKV_GPU_NIC_MAP");
+    let map = flag_or_env(gpu_nic_map, "--gpu-nic-map", "MEMKV_GPU_NIC_MAP");
     let map_from = map.as_ref().map_or("MEMKV_GPU_NIC_MAP", |m| m.1);
     let overrides = match map {
         Some((v, _)) if v.trim().is_empty() => Vec::new(),
