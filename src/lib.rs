@@ -11,6 +11,8 @@ pub mod license;
 pub mod logging;
 pub mod mem;
 pub mod server;
+#[doc(hidden)]
+pub mod testing;
 pub mod topo;
 pub(crate) mod transport;
 pub mod wire;
