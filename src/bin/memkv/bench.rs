@@ -78,6 +78,9 @@ pub(crate) struct BenchArgs {
     /// Hide the progress bar
     #[arg(long)]
     no_progress: bool,
+    // `--gpu`, `--gpu-index`, `--gpu-bytes`: see bench_gpu.rs.
+    #[command(flatten)]
+    gpu: crate::bench_gpu::GpuArgs,
 }
 
 /// One measured phase.
@@ -150,6 +153,18 @@ impl Kind {
 }
 
 pub(crate) async fn run(conn: &ConnArgs, args: BenchArgs) -> Result<ExitCode> {
+    if args.gpu.enabled {
+        let common = crate::bench_gpu::Common {
+            size: &args.size,
+            connections: args.connections,
+            count: args.count,
+            duration: args.duration,
+            json: args.json,
+            csv: args.csv,
+            no_progress: args.no_progress,
+        };
+        return crate::bench_gpu::run(conn, &args.gpu, &common).await;
+    }
     if args.inflight == 0 || args.inflight > 4096 {
         bail!("--inflight must be in 1..=4096; got {}", args.inflight);
     }

@@ -3,6 +3,7 @@
 //! defaults, in that order (see `docs/configuration.md`).
 
 mod bench;
+mod bench_gpu;
 mod license_cmd;
 mod topo;
 
