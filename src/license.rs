@@ -139,13 +139,14 @@ pub enum LicenseError {
     /// The license file could not be read.
     #[error(
         "license file {path}: {}; set MEMKV_LICENSE to an existing file or the inline token.",
-        io_reason(.source)
+        io_reason(.error)
     )]
     Unreadable {
         /// The path from `MEMKV_LICENSE`.
         path: String,
-        /// The underlying I/O error.
-        source: io::Error,
+        /// The underlying I/O error (in the message already, so not a `source`: error chains
+        /// would print it twice).
+        error: io::Error,
     },
 
     /// The token or its claims are not in the expected format.
@@ -535,8 +536,8 @@ impl License {
         if source.starts_with(TOKEN_PREFIX) {
             return Self::verify_token(source, trusted, now);
         }
-        let text = read_small_file(source)
-            .map_err(|source_err| LicenseError::Unreadable { path: source.to_owned(), source: source_err })?;
+        let text =
+            read_small_file(source).map_err(|error| LicenseError::Unreadable { path: source.to_owned(), error })?;
         let in_file = |why: String| LicenseError::Malformed { why: format!("license file {source}: {why}") };
         let text = String::from_utf8(text).map_err(|_| in_file("not UTF-8 text".to_owned()))?;
         let token = single_line(&text).map_err(in_file)?;

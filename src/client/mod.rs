@@ -53,10 +53,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Invalid configuration.
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
     /// License missing, invalid or too small for this cluster.
-    #[error("{0}")]
+    #[error(transparent)]
     License(#[from] LicenseError),
     /// A requested feature is not in this build.
     #[error("{0}")]
