@@ -325,8 +325,17 @@ unsafe impl super::staging::CopyEngine for CudaCopy {
     }
 }
 
+/// Makes GPU `ordinal`'s context current before a driver call that needs one, where the driver
+/// is loaded (a value of this module exists only then).
+fn bind_for_drop(ordinal: i32) {
+    if let Ok(c) = cuda() {
+        let _ = c.bind(ordinal);
+    }
+}
+
 impl Drop for PinnedHost {
     fn drop(&mut self) {
+        bind_for_drop(0);
         // SAFETY: allocated by cuMemHostAlloc, freed once.
         unsafe { sys::cuMemFreeHost(self.ptr.cast()) };
     }
@@ -364,9 +373,7 @@ impl DeviceBuffer {
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        if let Ok(c) = cuda() {
-            let _ = c.bind(self.ordinal);
-        }
+        bind_for_drop(self.ordinal);
         // SAFETY: allocated by cuMemAlloc, freed once.
         unsafe { sys::cuMemFree_v2(self.ptr) };
     }
@@ -382,6 +389,7 @@ pub struct Stream {
 /// A recorded event: done when the stream reached it.
 #[derive(Debug)]
 pub struct Event {
+    ordinal: i32,
     raw: usize,
 }
 
@@ -421,13 +429,15 @@ impl Stream {
                 .map_err(MemError::Cuda)?;
             check(sys::cuEventRecord(e, s), "cuEventRecord").map_err(MemError::Cuda)?;
         }
-        Ok(Event { raw: e as usize })
+        Ok(Event { ordinal: self.ordinal, raw: e as usize })
     }
 }
 
 impl Event {
     /// Whether the work before it finished; never blocks.
     pub fn is_done(&self) -> Result<bool, MemError> {
+        // The polling thread may be one that never touched this GPU.
+        cuda()?.bind(self.ordinal)?;
         // SAFETY: a live event handle.
         match unsafe { sys::cuEventQuery(self.raw as sys::CUevent) } {
             sys::CUresult::CUDA_SUCCESS => Ok(true),
@@ -439,6 +449,7 @@ impl Event {
 
 impl Drop for Event {
     fn drop(&mut self) {
+        bind_for_drop(self.ordinal);
         // SAFETY: created by cuEventCreate, destroyed once (a pending event is released by the
         // driver when the stream reaches it).
         unsafe { sys::cuEventDestroy_v2(self.raw as sys::CUevent) };
@@ -447,6 +458,7 @@ impl Drop for Event {
 
 impl Drop for Stream {
     fn drop(&mut self) {
+        bind_for_drop(self.ordinal);
         // SAFETY: created by cuStreamCreate, destroyed once.
         unsafe { sys::cuStreamDestroy_v2(self.raw as sys::CUstream) };
     }
