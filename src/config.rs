@@ -108,14 +108,15 @@ impl Param {
         format!("--{}", self.key.replace('_', "-"))
     }
 
-    /// Whether an unset value is computed from other settings (`admin_listen`, `node_id`).
+    /// Whether an unset value is computed from other settings (`admin_listen`, `node_id`, and
+    /// `shm_socket`, whose default `auto` names a socket after `listen`).
     pub fn is_derived(&self) -> bool {
         DERIVED.contains(&self.key)
     }
 }
 
 const REQUIRED: &[&str] = &["auth_key", "license", "servers"];
-const DERIVED: &[&str] = &["admin_listen", "node_id"];
+const DERIVED: &[&str] = &["admin_listen", "node_id", "shm_socket"];
 
 const P_AUTH_KEY: Param = Param {
     key: "auth_key",
@@ -149,6 +150,54 @@ const P_CONFIG: Param = Param {
     help: "Config file read below explicit values and the environment. Cannot be set inside a config file.",
     role: Role::Both,
 };
+const P_RDMA_GID_INDEX: Param = Param {
+    key: "rdma_gid_index",
+    env: "MEMKV_RDMA_GID_INDEX",
+    default: Some("auto"),
+    range: "`auto` (the first RoCE v2 IPv4-mapped GID of the port) or 0..=255",
+    help: "Entry of the port's GID table that RDMA queue pairs address RoCE packets from; set it where `auto` picks the wrong one (`show_gids` lists them).",
+    role: Role::Both,
+};
+const P_RDMA_TRAFFIC_CLASS: Param = Param {
+    key: "rdma_traffic_class",
+    env: "MEMKV_RDMA_TRAFFIC_CLASS",
+    default: Some("0"),
+    range: "0..=255",
+    help: "IP traffic class (DSCP << 2 | ECN) of RoCE packets.",
+    role: Role::Both,
+};
+const P_RDMA_SERVICE_LEVEL: Param = Param {
+    key: "rdma_service_level",
+    env: "MEMKV_RDMA_SERVICE_LEVEL",
+    default: Some("0"),
+    range: "0..=15",
+    help: "InfiniBand service level of the queue pairs (the fabric maps it to a virtual lane / priority).",
+    role: Role::Both,
+};
+const P_RDMA_TIMEOUT_SECS: Param = Param {
+    key: "rdma_timeout_secs",
+    env: "MEMKV_RDMA_TIMEOUT_SECS",
+    default: Some("10"),
+    range: "1..=3600",
+    help: "A posted one-sided transfer not complete after this long fails its connection (the next operation reconnects), in seconds.",
+    role: Role::Both,
+};
+const P_RDMA_CQ_POLL_US: Param = Param {
+    key: "rdma_cq_poll_us",
+    env: "MEMKV_RDMA_CQ_POLL_US",
+    default: Some("50"),
+    range: "0..=100000",
+    help: "Busy-poll time of the completion queue after a post before the polling task yields to others, in microseconds.",
+    role: Role::Both,
+};
+const P_RDMA_QUEUE_DEPTH: Param = Param {
+    key: "rdma_queue_depth",
+    env: "MEMKV_RDMA_QUEUE_DEPTH",
+    default: Some("128"),
+    range: "1..=4096",
+    help: "One-sided work requests in flight per queue pair.",
+    role: Role::Both,
+};
 const P_SERVERS: Param = Param {
     key: "servers",
     env: "MEMKV_SERVERS",
@@ -161,8 +210,8 @@ const P_TRANSPORT: Param = Param {
     key: "transport",
     env: "MEMKV_TRANSPORT",
     default: Some("auto"),
-    range: "`tcp`, `rdma` or `auto` (case-insensitive)",
-    help: "Data transport; `auto` uses RDMA where available and TCP otherwise (this build has TCP only: `auto` means TCP, `rdma` is refused).",
+    range: "`auto`, `rdma`, `shm` or `tcp` (case-insensitive)",
+    help: "Data transport. `auto` uses shared memory for a node on this host, RDMA where both ends have a usable device, else TCP, and logs which and why once per node; `rdma` or `shm` that cannot be honoured is an error; `tcp` never touches verbs or shared memory.",
     role: Role::Client,
 };
 const P_NUM_CONNECTIONS: Param = Param {
@@ -234,7 +283,7 @@ const P_STAGING_SIZE_MB: Param = Param {
     env: "MEMKV_STAGING_SIZE_MB",
     default: Some("256"),
     range: "0 (no staging) or 2 × `staging_slot_mb`..=65536",
-    help: "Pinned host memory for staging GPU blocks that the NIC cannot reach directly (every VRAM block over TCP), in MiB; allocated at the first VRAM_SEG registration.",
+    help: "Pinned host memory for staging GPU blocks that the NIC cannot reach directly (every VRAM block over TCP or shared memory), in MiB; allocated at the first VRAM_SEG registration.",
     role: Role::Client,
 };
 const P_STAGING_SLOT_MB: Param = Param {
@@ -293,6 +342,22 @@ const P_ADMIN_LISTEN: Param = Param {
     help: "Admin/metrics HTTP listen address. Default: the `listen` IP with the data port + 1 (port 0 if the data port is 0); must be set when the data port is 65535.",
     role: Role::Server,
 };
+const P_SHM_SOCKET: Param = Param {
+    key: "shm_socket",
+    env: "MEMKV_SHM_SOCKET",
+    default: Some("auto"),
+    range: "`auto` (the abstract socket `@memkv-<listen>`), `off`, a filesystem path, or `@name` for a Linux abstract socket",
+    help: "Unix socket on which clients on this host get the same-host shared-memory transport (the arena is handed to them as a memfd after the authenticated handshake).",
+    role: Role::Server,
+};
+const P_RDMA_DEVICE: Param = Param {
+    key: "rdma_device",
+    env: "MEMKV_RDMA_DEVICE",
+    default: Some(""),
+    range: "an RDMA device name as in /sys/class/infiniband (`mlx5_0`); empty for no RDMA",
+    help: "The NIC the node registers its arena with for one-sided RDMA from clients; empty: clients use TCP or shared memory.",
+    role: Role::Server,
+};
 const P_MEMORY: Param = Param {
     key: "memory",
     env: "MEMKV_MEMORY",
@@ -339,6 +404,14 @@ const P_PARTIAL_TIMEOUT_MS: Param = Param {
     default: Some("30000"),
     range: "100..=3600000",
     help: "How long a partly written ranged object waits for its other ranges before it is dropped, in milliseconds.",
+    role: Role::Server,
+};
+const P_LEASE_TIMEOUT_MS: Param = Param {
+    key: "lease_timeout_ms",
+    env: "MEMKV_LEASE_TIMEOUT_MS",
+    default: Some("30000"),
+    range: "100..=3600000",
+    help: "How long a one-sided reservation or pin may stay unfinished before the node drops it (a client that died mid-transfer); a later COMMIT or RELEASE of it gets LeaseExpired.",
     role: Role::Server,
 };
 const P_SHUTDOWN_GRACE_MS: Param = Param {
@@ -405,6 +478,12 @@ pub const PARAMS: &[Param] = &[
     P_LICENSE,
     P_LICENSE_PUBKEY,
     P_CONFIG,
+    P_RDMA_GID_INDEX,
+    P_RDMA_TRAFFIC_CLASS,
+    P_RDMA_SERVICE_LEVEL,
+    P_RDMA_TIMEOUT_SECS,
+    P_RDMA_CQ_POLL_US,
+    P_RDMA_QUEUE_DEPTH,
     P_SERVERS,
     P_TRANSPORT,
     P_NUM_CONNECTIONS,
@@ -423,12 +502,15 @@ pub const PARAMS: &[Param] = &[
     P_STATS_INTERVAL_S,
     P_LISTEN,
     P_ADMIN_LISTEN,
+    P_SHM_SOCKET,
+    P_RDMA_DEVICE,
     P_MEMORY,
     P_MAX_OBJECT_SIZE,
     P_NODE_ID,
     P_MAX_CLOCK_DRIFT_MS,
     P_REQUIRE_PAYLOAD_MAC,
     P_PARTIAL_TIMEOUT_MS,
+    P_LEASE_TIMEOUT_MS,
     P_SHUTDOWN_GRACE_MS,
     P_DATA_DIR,
     P_DRIVE_CAPACITY,
@@ -707,11 +789,13 @@ fn parse_servers<'a>(entries: impl Iterator<Item = &'a str>) -> Result<Vec<Serve
 /// The data transport a client uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// TCP only.
+    /// TCP only: never touches verbs or shared memory.
     Tcp,
-    /// RDMA only.
+    /// One-sided RDMA; an error where it cannot be used.
     Rdma,
-    /// RDMA where both sides support it, TCP otherwise.
+    /// Same-host shared memory; an error where it cannot be used.
+    Shm,
+    /// Shared memory for a node on this host, RDMA where both ends have a usable device, else TCP.
     Auto,
 }
 
@@ -720,6 +804,7 @@ impl fmt::Display for Transport {
         f.write_str(match self {
             Self::Tcp => "tcp",
             Self::Rdma => "rdma",
+            Self::Shm => "shm",
             Self::Auto => "auto",
         })
     }
@@ -728,13 +813,14 @@ impl fmt::Display for Transport {
 impl FromStr for Transport {
     type Err = String;
 
-    /// `tcp`, `rdma` or `auto`, case-insensitive.
+    /// `auto`, `rdma`, `shm` or `tcp`, case-insensitive.
     fn from_str(s: &str) -> Result<Self, String> {
         match s.trim().to_ascii_lowercase().as_str() {
             "tcp" => Ok(Self::Tcp),
             "rdma" => Ok(Self::Rdma),
+            "shm" => Ok(Self::Shm),
             "auto" => Ok(Self::Auto),
-            _ => Err("expected tcp, rdma or auto (case-insensitive)".to_string()),
+            _ => Err(format!("expected {}", P_TRANSPORT.range)),
         }
     }
 }
@@ -855,6 +941,8 @@ pub struct ClientConfig {
     pub io_threads: usize,
     /// Local memory: registration, MR cache, staging, NICs and GPUs.
     pub mem: MemConfig,
+    /// RDMA queue-pair settings.
+    pub rdma: RdmaConfig,
 }
 
 /// How a client registers and moves local memory (`src/mem`, `src/topo`).
@@ -891,6 +979,75 @@ impl Default for MemConfig {
             prometheus_bind: None,
             stats_interval: Some(Duration::from_secs(60)),
         }
+    }
+}
+
+/// RDMA queue-pair settings, shared by clients and nodes (`src/transport/rdma.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RdmaConfig {
+    /// GID table index for RoCE; `None` picks the first RoCE v2 IPv4-mapped GID of the port.
+    pub gid_index: Option<u8>,
+    /// IP traffic class (DSCP << 2 | ECN) of RoCE packets.
+    pub traffic_class: u8,
+    /// InfiniBand service level, 0..=15.
+    pub service_level: u8,
+    /// A posted one-sided transfer not complete after this long fails its session.
+    pub timeout: Duration,
+    /// Busy-poll time of the completion queue before the polling task yields.
+    pub cq_poll: Duration,
+    /// Work requests in flight per queue pair.
+    pub queue_depth: u32,
+}
+
+impl Default for RdmaConfig {
+    /// The defaults of [`PARAMS`].
+    fn default() -> Self {
+        Self {
+            gid_index: None,
+            traffic_class: 0,
+            service_level: 0,
+            timeout: Duration::from_secs(10),
+            cq_poll: Duration::from_micros(50),
+            queue_depth: 128,
+        }
+    }
+}
+
+/// The RDMA queue-pair flags of `memkv-server` and of `memkv` (global there), flattened into
+/// both command lines; [`pairs`](Self::pairs) gives them as explicit settings.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RdmaFlags {
+    /// RoCE GID table index, or auto [env: MEMKV_RDMA_GID_INDEX] [default: auto]
+    #[arg(long, global = true, value_name = "N")]
+    pub rdma_gid_index: Option<String>,
+    /// IP traffic class of RoCE packets, 0..=255 [env: MEMKV_RDMA_TRAFFIC_CLASS] [default: 0]
+    #[arg(long, global = true, value_name = "N")]
+    pub rdma_traffic_class: Option<String>,
+    /// InfiniBand service level, 0..=15 [env: MEMKV_RDMA_SERVICE_LEVEL] [default: 0]
+    #[arg(long, global = true, value_name = "N")]
+    pub rdma_service_level: Option<String>,
+    /// One-sided transfer timeout, seconds [env: MEMKV_RDMA_TIMEOUT_SECS] [default: 10]
+    #[arg(long, global = true, value_name = "S")]
+    pub rdma_timeout_secs: Option<String>,
+    /// Completion-queue busy-poll time, microseconds [env: MEMKV_RDMA_CQ_POLL_US] [default: 50]
+    #[arg(long, global = true, value_name = "US")]
+    pub rdma_cq_poll_us: Option<String>,
+    /// One-sided work requests in flight per queue pair [env: MEMKV_RDMA_QUEUE_DEPTH] [default: 128]
+    #[arg(long, global = true, value_name = "N")]
+    pub rdma_queue_depth: Option<String>,
+}
+
+impl RdmaFlags {
+    /// (setting key, value) of each flag.
+    pub fn pairs(&self) -> [(&'static str, &Option<String>); 6] {
+        [
+            ("rdma_gid_index", &self.rdma_gid_index),
+            ("rdma_traffic_class", &self.rdma_traffic_class),
+            ("rdma_service_level", &self.rdma_service_level),
+            ("rdma_timeout_secs", &self.rdma_timeout_secs),
+            ("rdma_cq_poll_us", &self.rdma_cq_poll_us),
+            ("rdma_queue_depth", &self.rdma_queue_depth),
+        ]
     }
 }
 
@@ -1021,6 +1178,13 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Admin/metrics listen address.
     pub admin_listen: SocketAddr,
+    /// The Unix socket of the same-host shared-memory transport: a filesystem path, or `@name`
+    /// for a Linux abstract socket; `None` for off.
+    pub shm_socket: Option<String>,
+    /// The RDMA device the arena is registered with for one-sided transfers; `None`: no RDMA.
+    pub rdma_device: Option<String>,
+    /// RDMA queue-pair settings.
+    pub rdma: RdmaConfig,
     /// Bytes reserved for objects (≥ 1 MiB).
     pub memory: u64,
     /// Largest object in bytes, 1..=`memory`.
@@ -1039,6 +1203,8 @@ pub struct ServerConfig {
     pub require_payload_mac: bool,
     /// How long a partly written ranged object waits for its other ranges.
     pub partial_timeout: Duration,
+    /// How long a one-sided reservation or pin may stay unfinished before it is dropped.
+    pub lease_timeout: Duration,
     /// How long a stopping node lets in-flight requests finish.
     pub shutdown_grace: Duration,
     /// The drive tier; `data_dirs` empty means DRAM only.
@@ -1173,6 +1339,7 @@ impl ClientConfig {
             },
         })?;
         let mem = r.mem()?;
+        let rdma = r.rdma()?;
         Ok(Self {
             servers,
             auth_key,
@@ -1186,6 +1353,7 @@ impl ClientConfig {
             payload_mac,
             io_threads,
             mem,
+            rdma,
         })
     }
 
@@ -1228,6 +1396,16 @@ impl ServerConfig {
             },
         };
 
+        let shm_socket = r.parse_with(&P_SHM_SOCKET, |s| parse_shm_socket(s, listen))?;
+        let rdma_device = r.parse_with(&P_RDMA_DEVICE, |s| {
+            if s.is_empty() {
+                return Ok(None);
+            }
+            check_nic_name(s).map_err(|e| format!("{e}; expected {}", P_RDMA_DEVICE.range))?;
+            Ok(Some(s.to_string()))
+        })?;
+        let rdma = r.rdma()?;
+
         let memory_g = r.or_default(&P_MEMORY);
         let memory = memory_g.parse(|s| {
             let v = parse_size(s)?;
@@ -1265,11 +1443,15 @@ impl ServerConfig {
         let max_clock_drift = r.millis(&P_MAX_CLOCK_DRIFT_MS, 100, 3_600_000)?;
         let require_payload_mac = r.parse_with(&P_REQUIRE_PAYLOAD_MAC, parse_bool)?;
         let partial_timeout = r.millis(&P_PARTIAL_TIMEOUT_MS, 100, 3_600_000)?;
+        let lease_timeout = r.millis(&P_LEASE_TIMEOUT_MS, 100, 3_600_000)?;
         let shutdown_grace = r.millis(&P_SHUTDOWN_GRACE_MS, 0, 600_000)?;
         let storage = storage(&r)?;
         Ok(Self {
             listen,
             admin_listen,
+            shm_socket,
+            rdma_device,
+            rdma,
             memory,
             max_object_size,
             node_id,
@@ -1279,6 +1461,7 @@ impl ServerConfig {
             max_clock_drift,
             require_payload_mac,
             partial_timeout,
+            lease_timeout,
             shutdown_grace,
             storage,
         })
@@ -1339,6 +1522,42 @@ fn storage(r: &Resolver<'_>) -> Result<StorageConfig, ConfigError> {
         _ => Err(format!("expected {}", P_DRIVE_QUEUE.range)),
     })?;
     Ok(StorageConfig { data_dirs, drive_capacity, durability, flush_interval, drive_queue, segment_size })
+}
+
+/// Longest Unix socket name: `sun_path` holds 108 bytes, including the terminating NUL of a path
+/// or the leading NUL of an abstract name.
+pub const MAX_UNIX_SOCKET_LEN: usize = 107;
+
+/// The shared-memory socket of a node listening on `listen` (`MEMKV_SHM_SOCKET=auto`). A node
+/// that binds port 0 names its socket after the port it got.
+pub fn default_shm_socket(listen: SocketAddr) -> String {
+    format!("@memkv-{listen}")
+}
+
+/// Parses `MEMKV_SHM_SOCKET`: `auto` (`@memkv-<listen>`), `off`, a path or `@name`.
+fn parse_shm_socket(s: &str, listen: SocketAddr) -> Result<Option<String>, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let name = if s.eq_ignore_ascii_case("auto") { default_shm_socket(listen) } else { s.to_string() };
+    if name.contains('\0') {
+        return Err(format!("it holds a NUL byte; expected {}", P_SHM_SOCKET.range));
+    }
+    let (what, body) = match name.strip_prefix('@') {
+        Some(n) => ("abstract socket name after `@`", n),
+        None => ("socket path", name.as_str()),
+    };
+    if body.is_empty() {
+        return Err(format!("the {what} is empty; expected {}", P_SHM_SOCKET.range));
+    }
+    if body.len() > MAX_UNIX_SOCKET_LEN {
+        return Err(format!(
+            "the {what} is {} bytes, longer than the {MAX_UNIX_SOCKET_LEN} a Unix socket address holds (sun_path); \
+             use a shorter path or an `@name` abstract socket",
+            body.len()
+        ));
+    }
+    Ok(Some(name))
 }
 
 fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
@@ -1606,6 +1825,22 @@ impl<'a> Resolver<'a> {
             prometheus_bind,
             stats_interval,
         })
+    }
+
+    /// The RDMA queue-pair settings, read by clients and nodes alike.
+    fn rdma(&self) -> Result<RdmaConfig, ConfigError> {
+        let gid_index = self.parse_with(&P_RDMA_GID_INDEX, |s| {
+            if s.eq_ignore_ascii_case("auto") {
+                return Ok(None);
+            }
+            s.parse::<u8>().map(Some).map_err(|_| format!("expected {}", P_RDMA_GID_INDEX.range))
+        })?;
+        let traffic_class = self.int(&P_RDMA_TRAFFIC_CLASS, 0, 255)? as u8;
+        let service_level = self.int(&P_RDMA_SERVICE_LEVEL, 0, 15)? as u8;
+        let timeout = Duration::from_secs(self.int(&P_RDMA_TIMEOUT_SECS, 1, 3600)?);
+        let cq_poll = Duration::from_micros(self.int(&P_RDMA_CQ_POLL_US, 0, 100_000)?);
+        let queue_depth = self.int(&P_RDMA_QUEUE_DEPTH, 1, 4096)? as u32;
+        Ok(RdmaConfig { gid_index, traffic_class, service_level, timeout, cq_poll, queue_depth })
     }
 
     fn auth_key(&self) -> Result<AuthKey, ConfigError> {
@@ -2081,41 +2316,71 @@ mod tests {
         (&P_PARTIAL_TIMEOUT_MS, Role::Server),
         (&P_SHUTDOWN_GRACE_MS, Role::Server),
         (&P_FLUSH_INTERVAL_MS, Role::Server),
+        (&P_LEASE_TIMEOUT_MS, Role::Server),
+        (&P_RDMA_TRAFFIC_CLASS, Role::Both),
+        (&P_RDMA_SERVICE_LEVEL, Role::Both),
+        (&P_RDMA_TIMEOUT_SECS, Role::Both),
+        (&P_RDMA_CQ_POLL_US, Role::Both),
+        (&P_RDMA_QUEUE_DEPTH, Role::Both),
     ];
+
+    /// The resolved value of an RDMA setting, as the integer it was given as.
+    fn rdma_value(key: &str, r: &RdmaConfig) -> u64 {
+        match key {
+            "rdma_traffic_class" => u64::from(r.traffic_class),
+            "rdma_service_level" => u64::from(r.service_level),
+            "rdma_timeout_secs" => r.timeout.as_secs(),
+            "rdma_cq_poll_us" => r.cq_poll.as_micros() as u64,
+            "rdma_queue_depth" => u64::from(r.queue_depth),
+            k => panic!("no RDMA setting {k}"),
+        }
+    }
 
     #[test]
     fn every_numeric_setting_accepts_its_bounds_and_rejects_out_of_range_and_non_numeric() {
         for (p, role) in NUMERIC {
             let (lo, hi) = p.range.split_once("..=").unwrap();
             let (lo, hi): (u64, u64) = (lo.parse().unwrap(), hi.parse().unwrap());
-            let run = |v: &str| -> Result<u64, ConfigError> {
-                let extra = [(p.env, v)];
-                match role {
-                    Role::Client => client(&[], &[CLIENT_BASE, &extra].concat()).map(|c| match p.key {
-                        "num_connections" => c.num_connections as u64,
-                        "connect_timeout_ms" => c.connect_timeout.as_millis() as u64,
-                        _ => c.op_timeout.as_millis() as u64,
-                    }),
-                    _ => server(&[], &[SERVER_BASE, &extra].concat()).map(|s| match p.key {
-                        "max_clock_drift_ms" => s.max_clock_drift.as_millis() as u64,
-                        "partial_timeout_ms" => s.partial_timeout.as_millis() as u64,
-                        "flush_interval_ms" => s.storage.flush_interval.as_millis() as u64,
-                        _ => s.shutdown_grace.as_millis() as u64,
-                    }),
-                }
+            let readers: &[Role] = match role {
+                Role::Both => &[Role::Client, Role::Server],
+                r => std::slice::from_ref(r),
             };
-            assert_eq!(run(&lo.to_string()).unwrap(), lo, "{}", p.env);
-            assert_eq!(run(&hi.to_string()).unwrap(), hi, "{}", p.env);
-            let mut bad = vec![(hi + 1).to_string(), "abc".to_string(), "-1".to_string(), "1.5".to_string()];
-            if lo > 0 {
-                bad.push((lo - 1).to_string());
-            }
-            for v in bad {
-                let m = run(&v).unwrap_err().to_string();
-                assert_eq!(
-                    m,
-                    format!("{}={v:?} (from the environment) is invalid: expected an integer in {lo}..={hi}", p.env)
-                );
+            for reader in readers {
+                let run = |v: &str| -> Result<u64, ConfigError> {
+                    let extra = [(p.env, v)];
+                    match reader {
+                        Role::Client => client(&[], &[CLIENT_BASE, &extra].concat()).map(|c| match p.key {
+                            "num_connections" => c.num_connections as u64,
+                            "connect_timeout_ms" => c.connect_timeout.as_millis() as u64,
+                            "op_timeout_ms" => c.op_timeout.as_millis() as u64,
+                            k => rdma_value(k, &c.rdma),
+                        }),
+                        _ => server(&[], &[SERVER_BASE, &extra].concat()).map(|s| match p.key {
+                            "max_clock_drift_ms" => s.max_clock_drift.as_millis() as u64,
+                            "partial_timeout_ms" => s.partial_timeout.as_millis() as u64,
+                            "flush_interval_ms" => s.storage.flush_interval.as_millis() as u64,
+                            "shutdown_grace_ms" => s.shutdown_grace.as_millis() as u64,
+                            "lease_timeout_ms" => s.lease_timeout.as_millis() as u64,
+                            k => rdma_value(k, &s.rdma),
+                        }),
+                    }
+                };
+                assert_eq!(run(&lo.to_string()).unwrap(), lo, "{}", p.env);
+                assert_eq!(run(&hi.to_string()).unwrap(), hi, "{}", p.env);
+                let mut bad = vec![(hi + 1).to_string(), "abc".to_string(), "-1".to_string(), "1.5".to_string()];
+                if lo > 0 {
+                    bad.push((lo - 1).to_string());
+                }
+                for v in bad {
+                    let m = run(&v).unwrap_err().to_string();
+                    assert_eq!(
+                        m,
+                        format!(
+                            "{}={v:?} (from the environment) is invalid: expected an integer in {lo}..={hi}",
+                            p.env
+                        )
+                    );
+                }
             }
         }
         assert_eq!(
@@ -2136,7 +2401,14 @@ mod tests {
             s.partial_timeout.as_millis() as u64,
             s.shutdown_grace.as_millis() as u64,
             s.storage.flush_interval.as_millis() as u64,
+            s.lease_timeout.as_millis() as u64,
+            rdma_value("rdma_traffic_class", &c.rdma),
+            rdma_value("rdma_service_level", &c.rdma),
+            rdma_value("rdma_timeout_secs", &c.rdma),
+            rdma_value("rdma_cq_poll_us", &c.rdma),
+            rdma_value("rdma_queue_depth", &c.rdma),
         ];
+        assert_eq!(got.len(), NUMERIC.len());
         for ((p, _), v) in NUMERIC.iter().zip(got) {
             assert_eq!(p.default.unwrap().parse::<u64>().unwrap(), v, "{}", p.key);
         }
@@ -2204,22 +2476,161 @@ mod tests {
     }
 
     #[test]
-    fn transport_accepts_tcp_rdma_auto_in_any_case() {
+    fn transport_accepts_tcp_rdma_shm_auto_in_any_case() {
         for (v, t) in [
             ("tcp", Transport::Tcp),
             ("TCP", Transport::Tcp),
             ("Rdma", Transport::Rdma),
+            ("shm", Transport::Shm),
+            ("SHM", Transport::Shm),
             ("AUTO", Transport::Auto),
             ("auto", Transport::Auto),
         ] {
             assert_eq!(client(&[("transport", v)], CLIENT_BASE).unwrap().transport, t);
         }
-        for t in [Transport::Tcp, Transport::Rdma, Transport::Auto] {
+        for t in [Transport::Tcp, Transport::Rdma, Transport::Shm, Transport::Auto] {
             assert_eq!(t.to_string().parse::<Transport>().unwrap(), t);
             assert_eq!(t.to_string(), t.to_string().to_lowercase());
         }
         let m = client_err(&[("MEMKV_TRANSPORT", "udp")]);
-        assert!(m.contains("MEMKV_TRANSPORT=\"udp\"") && m.contains("tcp, rdma or auto"), "{m}");
+        assert_eq!(
+            m,
+            "MEMKV_TRANSPORT=\"udp\" (from the environment) is invalid: \
+             expected `auto`, `rdma`, `shm` or `tcp` (case-insensitive)"
+        );
+    }
+
+    #[test]
+    fn rdma_settings_default_to_rdma_config_default_for_client_and_server() {
+        let (c, s) = (client(&[], CLIENT_BASE).unwrap(), server(&[], SERVER_BASE).unwrap());
+        assert_eq!(c.rdma, RdmaConfig::default());
+        assert_eq!(s.rdma, RdmaConfig::default());
+        assert_eq!(s.rdma_device, None);
+        assert_eq!(s.lease_timeout, Duration::from_secs(30));
+        let d = RdmaConfig::default();
+        assert_eq!(d.gid_index, None);
+        assert_eq!(d.timeout, Duration::from_secs(P_RDMA_TIMEOUT_SECS.default.unwrap().parse().unwrap()));
+        assert_eq!(d.cq_poll, Duration::from_micros(P_RDMA_CQ_POLL_US.default.unwrap().parse().unwrap()));
+        assert_eq!(u64::from(d.queue_depth), P_RDMA_QUEUE_DEPTH.default.unwrap().parse::<u64>().unwrap());
+    }
+
+    #[test]
+    fn rdma_settings_are_read_by_both_and_parse() {
+        let set = [
+            ("rdma_gid_index", "3"),
+            ("rdma_traffic_class", "106"),
+            ("rdma_service_level", "15"),
+            ("rdma_timeout_secs", "2"),
+            ("rdma_cq_poll_us", "0"),
+            ("rdma_queue_depth", "4096"),
+        ];
+        let want = RdmaConfig {
+            gid_index: Some(3),
+            traffic_class: 106,
+            service_level: 15,
+            timeout: Duration::from_secs(2),
+            cq_poll: Duration::ZERO,
+            queue_depth: 4096,
+        };
+        assert_eq!(client(&set, CLIENT_BASE).unwrap().rdma, want);
+        assert_eq!(server(&set, SERVER_BASE).unwrap().rdma, want);
+        for (v, g) in [("0", Some(0)), ("255", Some(255)), ("AUTO", None), ("auto", None)] {
+            assert_eq!(client(&[("rdma_gid_index", v)], CLIENT_BASE).unwrap().rdma.gid_index, g, "{v}");
+            assert_eq!(server(&[("MEMKV_RDMA_GID_INDEX", v)], SERVER_BASE).unwrap().rdma.gid_index, g, "{v}");
+        }
+    }
+
+    #[test]
+    fn bad_rdma_settings_name_the_env_var_and_the_range() {
+        for v in ["256", "x", "-1", "1.5"] {
+            for m in [client_err(&[("MEMKV_RDMA_GID_INDEX", v)]), server_err(&[("MEMKV_RDMA_GID_INDEX", v)])] {
+                assert_eq!(
+                    m,
+                    format!(
+                        "MEMKV_RDMA_GID_INDEX={v:?} (from the environment) is invalid: expected `auto` (the first RoCE \
+                         v2 IPv4-mapped GID of the port) or 0..=255"
+                    )
+                );
+            }
+        }
+        let m = client_err(&[("MEMKV_RDMA_SERVICE_LEVEL", "16")]);
+        assert_eq!(
+            m,
+            "MEMKV_RDMA_SERVICE_LEVEL=\"16\" (from the environment) is invalid: expected an integer in 0..=15"
+        );
+        let m = server_err(&[("MEMKV_RDMA_QUEUE_DEPTH", "0")]);
+        assert_eq!(
+            m,
+            "MEMKV_RDMA_QUEUE_DEPTH=\"0\" (from the environment) is invalid: expected an integer in 1..=4096"
+        );
+        let m = client(&[("rdma_timeout_secs", "0")], CLIENT_BASE).unwrap_err().to_string();
+        assert!(m.starts_with("MEMKV_RDMA_TIMEOUT_SECS=\"0\" (from the command line / plugin params)"), "{m}");
+    }
+
+    #[test]
+    fn shm_socket_defaults_to_an_abstract_socket_named_after_listen() {
+        let s = server(&[("listen", "127.0.0.2:7480")], SERVER_BASE).unwrap();
+        assert_eq!(s.shm_socket.as_deref(), Some("@memkv-127.0.0.2:7480"));
+        assert_eq!(server(&[], SERVER_BASE).unwrap().shm_socket.as_deref(), Some("@memkv-0.0.0.0:9900"));
+        let s = server(&[("listen", "[::1]:9000"), ("shm_socket", "AUTO")], SERVER_BASE).unwrap();
+        assert_eq!(s.shm_socket.as_deref(), Some("@memkv-[::1]:9000"));
+        assert!(P_SHM_SOCKET.is_derived());
+    }
+
+    #[test]
+    fn shm_socket_off_a_path_or_an_abstract_name() {
+        for v in ["off", "OFF"] {
+            assert_eq!(server(&[("shm_socket", v)], SERVER_BASE).unwrap().shm_socket, None, "{v}");
+        }
+        for v in ["/run/memkv/node.sock", "rel.sock", "@memkv-test"] {
+            assert_eq!(server(&[("MEMKV_SHM_SOCKET", v)], SERVER_BASE).unwrap().shm_socket.as_deref(), Some(v));
+        }
+        let longest = format!("/{}", "p".repeat(MAX_UNIX_SOCKET_LEN - 1));
+        assert_eq!(server(&[("shm_socket", &longest)], SERVER_BASE).unwrap().shm_socket, Some(longest.clone()));
+        let abstract_longest = format!("@{}", "n".repeat(MAX_UNIX_SOCKET_LEN));
+        assert!(server(&[("shm_socket", &abstract_longest)], SERVER_BASE).is_ok());
+    }
+
+    #[test]
+    fn bad_shm_sockets_name_the_env_var() {
+        let long = format!("/{}", "p".repeat(MAX_UNIX_SOCKET_LEN));
+        let m = server_err(&[("MEMKV_SHM_SOCKET", &long)]);
+        assert!(m.starts_with(&format!("MEMKV_SHM_SOCKET={long:?} (from the environment) is invalid:")), "{m}");
+        assert!(m.contains("108 bytes") && m.contains("107") && m.contains("sun_path"), "{m}");
+        let m = server_err(&[("MEMKV_SHM_SOCKET", &format!("@{}", "n".repeat(MAX_UNIX_SOCKET_LEN + 1)))]);
+        assert!(m.starts_with("MEMKV_SHM_SOCKET=") && m.contains("abstract socket name"), "{m}");
+        let m = server_err(&[("MEMKV_SHM_SOCKET", "/tmp/a\0b")]);
+        assert!(m.starts_with("MEMKV_SHM_SOCKET=") && m.contains("NUL"), "{m}");
+        let m = server_err(&[("MEMKV_SHM_SOCKET", "@")]);
+        assert!(m.starts_with("MEMKV_SHM_SOCKET=\"@\"") && m.contains("empty"), "{m}");
+        // A listen address too long for `auto` cannot occur: the longest IPv6 one fits.
+        let s = server(&[("listen", "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65534")], SERVER_BASE);
+        assert!(s.is_ok(), "{s:?}");
+    }
+
+    #[test]
+    fn rdma_device_is_one_nic_name_or_empty() {
+        assert_eq!(server(&[("rdma_device", "mlx5_0")], SERVER_BASE).unwrap().rdma_device.as_deref(), Some("mlx5_0"));
+        assert_eq!(server(&[("rdma_device", "")], SERVER_BASE).unwrap().rdma_device, None);
+        for v in ["mlx5_0,mlx5_1", "a b", "x/y"] {
+            let m = server_err(&[("MEMKV_RDMA_DEVICE", v)]);
+            assert!(m.starts_with(&format!("MEMKV_RDMA_DEVICE={v:?}")) && m.contains(P_RDMA_DEVICE.range), "{m}");
+        }
+        let e = client(&[("rdma_device", "mlx5_0")], CLIENT_BASE).unwrap_err();
+        assert!(matches!(e, ConfigError::NotRead { reader: Role::Client, .. }), "{e:?}");
+    }
+
+    #[test]
+    fn lease_timeout_is_in_milliseconds() {
+        assert_eq!(
+            server(&[("lease_timeout_ms", "250")], SERVER_BASE).unwrap().lease_timeout,
+            Duration::from_millis(250)
+        );
+        let m = server_err(&[("MEMKV_LEASE_TIMEOUT_MS", "99")]);
+        assert_eq!(
+            m,
+            "MEMKV_LEASE_TIMEOUT_MS=\"99\" (from the environment) is invalid: expected an integer in 100..=3600000"
+        );
     }
 
     #[test]
@@ -2485,13 +2896,28 @@ mod tests {
     fn params_for_includes_shared_params_for_both_roles() {
         let keys = |r| params_for(r).map(|p| p.key).collect::<Vec<_>>();
         let (c, s) = (keys(Role::Client), keys(Role::Server));
-        for k in ["auth_key", "license", "license_pubkey", "config"] {
+        let shared = [
+            "auth_key",
+            "license",
+            "license_pubkey",
+            "config",
+            "rdma_gid_index",
+            "rdma_traffic_class",
+            "rdma_service_level",
+            "rdma_timeout_secs",
+            "rdma_cq_poll_us",
+            "rdma_queue_depth",
+        ];
+        for k in shared {
             assert!(c.contains(&k) && s.contains(&k), "{k}");
         }
         assert!(c.contains(&"servers") && !s.contains(&"servers"));
         assert!(s.contains(&"memory") && !c.contains(&"memory"));
+        for k in ["shm_socket", "rdma_device", "lease_timeout_ms"] {
+            assert!(s.contains(&k) && !c.contains(&k), "{k}");
+        }
         assert_eq!(keys(Role::Both).len(), PARAMS.len());
-        assert_eq!(c.len() + s.len(), PARAMS.len() + 4);
+        assert_eq!(c.len() + s.len(), PARAMS.len() + shared.len());
     }
 
     #[test]

@@ -242,7 +242,8 @@ fn sigterm_lets_requests_in_flight_finish_or_fail_cleanly_then_exits_zero_and_fr
 fn admin_endpoints_report_health_readiness_status_and_metrics_without_secrets() {
     let creds = Creds::new();
     let node = Node::start(&creds, "127.0.2.8", &[]);
-    let client = creds.client(&[&node], &[]);
+    // TCP: the PUT is one `put` request (over shared memory it is a RESERVE and a COMMIT).
+    let client = creds.client(&[&node], &[("transport", "tcp")]);
     let rt = runtime();
     rt.block_on(async {
         client.put(b"one", block(1000, 1)).await.unwrap();

@@ -415,14 +415,44 @@ fn client_rejects_a_non_numeric_num_connections_naming_variable_and_range() {
 }
 
 #[test]
-fn client_rejects_rdma_transport_pointing_at_tcp_or_auto() {
+fn rdma_transport_on_a_host_without_rdma_fails_at_start_naming_the_fallback() {
+    if std::path::Path::new("/sys/class/infiniband").exists() {
+        return; // an RDMA host: `rdma` can be honoured there
+    }
     let creds = Creds::new();
     let mut env = client_env(&creds, "127.0.0.57:9900");
     env.push(("MEMKV_TRANSPORT", "rdma".into()));
     let out = memkv(&["get", "k"], &env);
     assert!(!out.ok(), "{out:?}");
-    assert!(out.stderr.contains("no RDMA transport"), "{out:?}");
-    assert!(out.stderr.contains("MEMKV_TRANSPORT=tcp or auto"), "{out:?}");
+    assert!(out.stderr.contains("MEMKV_TRANSPORT=rdma cannot be honoured"), "{out:?}");
+    assert!(out.stderr.contains("RDMA is unavailable on this host"), "{out:?}");
+    assert!(out.stderr.contains("set MEMKV_TRANSPORT=auto"), "{out:?}");
+}
+
+#[test]
+fn shm_transport_to_a_node_on_another_host_fails_at_start() {
+    let creds = Creds::new();
+    // 192.0.2.0/24 is TEST-NET-1: never an address of this host.
+    let env = [client_env(&creds, "192.0.2.1:9900"), vec![("MEMKV_TRANSPORT", "shm".into())]].concat();
+    let out = memkv(&["get", "k"], &env);
+    assert!(!out.ok(), "{out:?}");
+    assert!(
+        out.stderr.contains("MEMKV_TRANSPORT=shm cannot be honoured: server 192.0.2.1:9900 is not on this host"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_one_sided_transport_with_payload_macs_is_refused_at_start() {
+    let creds = Creds::new();
+    let env = [
+        client_env(&creds, "127.0.0.58:9900"),
+        vec![("MEMKV_TRANSPORT", "shm".into()), ("MEMKV_PAYLOAD_MAC", "true".into())],
+    ]
+    .concat();
+    let out = memkv(&["get", "k"], &env);
+    assert!(!out.ok(), "{out:?}");
+    assert!(out.stderr.contains("MEMKV_TRANSPORT=shm cannot be honoured with MEMKV_PAYLOAD_MAC=true"), "{out:?}");
 }
 
 #[test]

@@ -118,6 +118,13 @@ fn dry_run_prints_the_integration_page_command() {
     assert!(cmd.contains(&format!("{}:{kvbm}:ro", std::fs::canonicalize(&py).unwrap().display())), "{cmd}");
     assert!(cmd.contains(&format!("{}:{kvbm}/_core.abi3.so:ro", std::fs::canonicalize(&core).unwrap().display())));
     assert!(cmd.contains("--port 8811") && cmd.contains("DYN_KVBM_CPU_CACHE_GB=12"), "{cmd}");
+
+    // shm (same-host nodes only): accepted, and no RDMA flags either.
+    let out = s.run(&["--dry-run", "--model", &model], &[("MEMKV_TRANSPORT", "SHM")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let cmd = text(&out.stdout);
+    assert!(!cmd.contains("/dev/infiniband") && !cmd.contains("IPC_LOCK"), "{cmd}");
+    assert!(cmd.contains("--net=host") && cmd.contains("-e MEMKV_TRANSPORT "), "{cmd}");
 }
 
 #[test]
@@ -176,7 +183,7 @@ fn every_problem_is_reported_before_anything_starts() {
         (
             &["--dry-run", "--model", &model],
             &[("MEMKV_TRANSPORT", "ib")],
-            "MEMKV_TRANSPORT=ib: expected tcp, rdma or auto",
+            "MEMKV_TRANSPORT=ib: expected auto, rdma, shm or tcp",
         ),
         (
             &["--dry-run", "--model", &model],

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use clap::Parser;
-use memkv::config::{ServerConfig, Sources, format_size};
+use memkv::config::{RdmaFlags, ServerConfig, Sources, format_size};
 use memkv::license::{License, TrustedKeys};
 use memkv::logging::{self, LogFormat};
 use memkv::server::Server;
@@ -26,6 +26,14 @@ struct Args {
     /// Admin HTTP address [env: MEMKV_ADMIN_LISTEN] [default: data port + 1]
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
+    /// Unix socket for same-host shared memory: auto, off, a path or @name [env: MEMKV_SHM_SOCKET] [default: auto, @memkv-<listen>]
+    #[arg(long, value_name = "PATH|@NAME")]
+    shm_socket: Option<String>,
+    /// RDMA device for one-sided transfers, e.g. mlx5_0 [env: MEMKV_RDMA_DEVICE] [default: none]
+    #[arg(long, value_name = "DEV")]
+    rdma_device: Option<String>,
+    #[command(flatten)]
+    rdma: RdmaFlags,
     /// DRAM arena size, e.g. 64GiB [env: MEMKV_MEMORY] [default: 1GiB]
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
@@ -56,6 +64,9 @@ struct Args {
     /// How long a partly written object waits for its other ranges [env: MEMKV_PARTIAL_TIMEOUT_MS] [default: 30000]
     #[arg(long, value_name = "MS")]
     partial_timeout_ms: Option<String>,
+    /// How long an unfinished one-sided reservation or pin is kept [env: MEMKV_LEASE_TIMEOUT_MS] [default: 30000]
+    #[arg(long, value_name = "MS")]
+    lease_timeout_ms: Option<String>,
     /// How long shutdown waits for in-flight requests [env: MEMKV_SHUTDOWN_GRACE_MS] [default: 10000]
     #[arg(long, value_name = "MS")]
     shutdown_grace_ms: Option<String>,
@@ -87,6 +98,8 @@ impl Args {
         let pairs = [
             ("listen", &self.listen),
             ("admin_listen", &self.admin_listen),
+            ("shm_socket", &self.shm_socket),
+            ("rdma_device", &self.rdma_device),
             ("memory", &self.memory),
             ("max_object_size", &self.max_object_size),
             ("node_id", &self.node_id),
@@ -96,6 +109,7 @@ impl Args {
             ("config", &self.config),
             ("max_clock_drift_ms", &self.max_clock_drift_ms),
             ("partial_timeout_ms", &self.partial_timeout_ms),
+            ("lease_timeout_ms", &self.lease_timeout_ms),
             ("shutdown_grace_ms", &self.shutdown_grace_ms),
             ("drive_capacity", &self.drive_capacity),
             ("durability", &self.durability),
@@ -103,8 +117,11 @@ impl Args {
             ("drive_queue", &self.drive_queue),
             ("segment_size", &self.segment_size),
         ];
-        let mut m: BTreeMap<String, String> =
-            pairs.into_iter().filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v))).collect();
+        let mut m: BTreeMap<String, String> = pairs
+            .into_iter()
+            .chain(self.rdma.pairs())
+            .filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v)))
+            .collect();
         if !self.data_dir.is_empty() {
             m.insert("data_dir".into(), self.data_dir.join(","));
         }

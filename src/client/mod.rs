@@ -17,6 +17,7 @@
 
 mod bufpool;
 mod loans;
+mod onesided;
 mod routing;
 mod session;
 mod staged;
@@ -32,6 +33,7 @@ use parking_lot::Mutex;
 
 use crate::config::{ClientConfig, ConfigError, ServerAddr, Sources, Transport};
 use crate::license::{License, LicenseError, TrustedKeys};
+use crate::transport::rdma::ClientRdma;
 use crate::wire::{
     self, ABSENT, BatchGetEntry, BatchPutEntry, Header, MAX_BATCH_ENTRIES, MAX_BATCH_PAYLOAD, MAX_KEY_LEN,
     MAX_META_LEN, Op, Status,
@@ -154,9 +156,23 @@ struct Health {
     refused: Option<Status>,
 }
 
+/// How a client reaches one node, chosen at its first connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Path {
+    /// Frames and bytes over TCP.
+    Tcp,
+    /// Control over the node's Unix socket, bytes through its mapped arena.
+    Shm(String),
+    /// Control over TCP, bytes by RDMA WRITE/READ on a queue pair per session.
+    Rdma,
+}
+
 struct Node {
     addr: ServerAddr,
     name: String,
+    /// How this client reaches the node; chosen at the first connection, again after a failed
+    /// one.
+    path: tokio::sync::Mutex<Option<Path>>,
     slots: Vec<tokio::sync::Mutex<Option<Arc<Session>>>>,
     next_slot: AtomicUsize,
     health: Mutex<Health>,
@@ -214,6 +230,8 @@ struct Inner {
     cfg: ClientConfig,
     license: License,
     pool: BufPool,
+    /// This host's RDMA devices, or why there are none usable (`MEMKV_TRANSPORT=auto`).
+    rdma: Result<ClientRdma, String>,
 }
 
 /// A handle on a MemKV cluster. Cheap to clone; all clones share sessions.
@@ -359,15 +377,24 @@ impl Client {
         let trusted = TrustedKeys::with_extra(cfg.license_pubkey.as_deref())?;
         let license = License::load(Some(&cfg.license), &trusted, SystemTime::now())?;
         license.check_nodes(cfg.servers.len())?;
-        match cfg.transport {
-            Transport::Tcp => {}
-            Transport::Auto => tracing::info!("MEMKV_TRANSPORT=auto: using TCP (this build has no RDMA transport yet)"),
-            Transport::Rdma => {
-                return Err(ClientError::Unsupported(
-                    "MEMKV_TRANSPORT=rdma: this build has no RDMA transport yet; set MEMKV_TRANSPORT=tcp or auto"
-                        .into(),
-                ));
+        let rdma = match cfg.transport {
+            Transport::Tcp | Transport::Shm => Err(format!("MEMKV_TRANSPORT={}", cfg.transport)),
+            Transport::Auto | Transport::Rdma => ClientRdma::open(&cfg.mem.rdma_devices, cfg.rdma),
+        };
+        if cfg.payload_mac && matches!(cfg.transport, Transport::Rdma | Transport::Shm) {
+            return Err(ClientError::Unsupported(format!(
+                "MEMKV_TRANSPORT={} cannot be honoured with MEMKV_PAYLOAD_MAC=true: one-sided transfers carry no payload MAC; set MEMKV_TRANSPORT=tcp (or auto, which then uses TCP)",
+                cfg.transport
+            )));
+        }
+        match (&rdma, cfg.transport) {
+            (Err(why), Transport::Rdma) => {
+                return Err(ClientError::Unsupported(format!(
+                    "MEMKV_TRANSPORT=rdma cannot be honoured: {why}; set MEMKV_TRANSPORT=auto to fall back to TCP"
+                )));
             }
+            (_, Transport::Shm) => onesided::check_local(&cfg.servers)?,
+            _ => {}
         }
         let names: Vec<String> = cfg.servers.iter().map(|s| s.to_string()).collect();
         let nodes = cfg
@@ -377,6 +404,7 @@ impl Client {
             .map(|(addr, name)| Node {
                 addr: addr.clone(),
                 name: name.clone(),
+                path: tokio::sync::Mutex::new(None),
                 slots: (0..cfg.num_connections).map(|_| tokio::sync::Mutex::new(None)).collect(),
                 next_slot: AtomicUsize::new(0),
                 health: Mutex::new(Health {
@@ -388,7 +416,7 @@ impl Client {
             })
             .collect();
         let pool = BufPool::new(RECV_POOL_BYTES);
-        Ok(Self { inner: Arc::new(Inner { nodes, placement: Rendezvous::new(&names), cfg, license, pool }) })
+        Ok(Self { inner: Arc::new(Inner { nodes, placement: Rendezvous::new(&names), cfg, license, pool, rdma }) })
     }
 
     /// The configured servers, in order.
@@ -449,31 +477,76 @@ impl Client {
             return Ok(Arc::clone(s));
         }
         node.check_down()?;
-        let params = SessionParams {
-            key: &self.inner.cfg.auth_key,
-            payload_mac: self.inner.cfg.payload_mac,
-            connect_timeout: self.inner.cfg.connect_timeout,
-            pool: &self.inner.pool,
+        let mut first = None;
+        let path = {
+            let mut chosen = node.path.lock().await;
+            match chosen.as_ref() {
+                Some(p) => p.clone(),
+                None => {
+                    let (p, opened) = self.choose_path(node).await?;
+                    first = opened;
+                    chosen.insert(p).clone()
+                }
+            }
         };
-        match Session::connect(&node.name, &params).await {
+        let opened = match first {
+            Some(s) => Ok(s),
+            None => self.open(node, &path, i).await,
+        };
+        if opened.is_err() {
+            // The node may have restarted with other transports: choose again next time.
+            *node.path.lock().await = None;
+        }
+        match opened {
             Ok(s) => {
                 tracing::debug!(node = %node.name, node_id = %s.node_id, slot = i, "session established");
                 node.mark_up();
                 *slot = Some(Arc::clone(&s));
                 Ok(s)
             }
-            Err(SessionError::Refused { status, message }) => {
+            Err(e) => {
                 *slot = None;
+                Err(self.session_failed(node, e))
+            }
+        }
+    }
+
+    fn session_params(&self) -> SessionParams<'_> {
+        SessionParams {
+            key: &self.inner.cfg.auth_key,
+            payload_mac: self.inner.cfg.payload_mac,
+            connect_timeout: self.inner.cfg.connect_timeout,
+            pool: &self.inner.pool,
+        }
+    }
+
+    /// A new session to `node` along `path`; `slot` spreads RDMA sessions over the NICs.
+    async fn open(&self, node: &Node, path: &Path, slot: usize) -> Result<Arc<Session>, SessionError> {
+        let params = self.session_params();
+        match path {
+            Path::Tcp => Session::connect(&node.name, &params).await,
+            Path::Shm(socket) => Session::connect_shm(socket, &params).await,
+            Path::Rdma => {
+                let s = Session::connect(&node.name, &params).await?;
+                self.rdma_connect(node, &s, slot).await?;
+                Ok(s)
+            }
+        }
+    }
+
+    /// Records a failed connection on `node` and says why.
+    fn session_failed(&self, node: &Node, e: SessionError) -> ClientError {
+        match e {
+            SessionError::Refused { status, message } => {
                 // A refused handshake (wrong key, clock drift) will not heal by retrying fast.
                 tracing::error!(node = %node.name, status = status.name(), %message, "handshake refused");
                 node.mark_down(&message, Some(status));
-                Err(ClientError::Refused { node: node.name.clone(), status, message })
+                ClientError::Refused { node: node.name.clone(), status, message }
             }
-            Err(e) => {
-                *slot = None;
+            e => {
                 let reason = e.to_string();
                 node.mark_down(&reason, None);
-                Err(ClientError::Connection { node: node.name.clone(), reason })
+                ClientError::Connection { node: node.name.clone(), reason }
             }
         }
     }
@@ -487,13 +560,17 @@ impl Client {
         meta: Vec<u8>,
         payload: Vec<Bytes>,
     ) -> Result<Incoming, ClientError> {
-        self.call_into(idx, op, header, meta, payload, None).await
+        let session = self.session(&self.inner.nodes[idx]).await?;
+        self.call_on(idx, &session, op, header, meta, payload, None).await
     }
 
-    /// [`call`](Self::call), with the answer's payload read into `targets` where they fit.
-    async fn call_into(
+    /// Sends one request on `session` (one of node `idx`'s) and returns its answer, with the op
+    /// timeout applied. The one-sided ops use it: their lease tokens belong to one session.
+    #[allow(clippy::too_many_arguments, reason = "one request's parts")]
+    async fn call_on(
         &self,
         idx: usize,
+        session: &Session,
         op: Op,
         header: Header,
         meta: Vec<u8>,
@@ -501,7 +578,6 @@ impl Client {
         targets: Option<Targets>,
     ) -> Result<Incoming, ClientError> {
         let node = &self.inner.nodes[idx];
-        let session = self.session(node).await?;
         // Refuse locally what the node would refuse only by closing the connection (a frame over
         // its limit) or after the bytes crossed the wire (an object over its max_object_size).
         let payload_len: u64 = payload.iter().map(|b| b.len() as u64).sum();
@@ -561,11 +637,25 @@ impl Client {
     pub async fn put_range(&self, key: &[u8], offset: u64, total: u64, value: Bytes) -> Result<(), ClientError> {
         let k = self.wire_key(key)?;
         let idx = self.inner.placement.owner(&k);
+        let session = self.session(&self.inner.nodes[idx]).await?;
+        if session.is_one_sided() {
+            let meta = Self::one_entry(&k, offset, &value, total);
+            let s = self.put_one_sided(idx, &session, meta, &[&value]).await?;
+            return match s.first() {
+                Some(Status::Ok) => Ok(()),
+                s => Err(ClientError::Server {
+                    node: self.inner.nodes[idx].name.clone(),
+                    op: Op::Reserve.name(),
+                    status: s.copied().unwrap_or(Status::ServerError),
+                    message: format!("entry for key {:?}", String::from_utf8_lossy(key)),
+                }),
+            };
+        }
         let mut h = Header::request(Op::Put, 0);
         h.offset = offset;
         h.total = total;
         h.crc = crc32c::crc32c(&value);
-        let r = self.call(idx, Op::Put, h, k, vec![value]).await?;
+        let r = self.call_on(idx, &session, Op::Put, h, k, vec![value], None).await?;
         match r.header.status() {
             Status::Ok => Ok(()),
             _ => Err(self.server_error(idx, Op::Put, &r)),
@@ -582,18 +672,36 @@ impl Client {
     pub async fn get_range(&self, key: &[u8], offset: u64, length: u64) -> Result<Option<Bytes>, ClientError> {
         let k = self.wire_key(key)?;
         let idx = self.inner.placement.owner(&k);
+        let miss = |e: ClientError| {
+            if e.is_unavailable() {
+                tracing::debug!(error = %e, "read turned into a miss");
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        };
+        let session = match self.session(&self.inner.nodes[idx]).await {
+            Ok(s) => s,
+            Err(e) => return miss(e),
+        };
+        if session.is_one_sided() {
+            let mut meta = Vec::new();
+            wire::encode_get_entries(&[BatchGetEntry { key: &k, offset, length }], &mut meta);
+            let name = || String::from_utf8_lossy(key).into_owned();
+            let got = self.get_one_sided(idx, &session, meta, 1, None, &|_| name()).await;
+            return match got {
+                Ok(mut v) => Ok(v.pop().flatten().and_then(|g| if let Got::Bytes(b) = g { Some(b) } else { None })),
+                Err(e) => miss(e),
+            };
+        }
         let mut h = Header::request(Op::Get, 0);
         h.offset = offset;
         h.length = 0;
         h.total = length;
         // The wanted length travels in `total` of the request: `length` is the payload size.
-        let r = match self.call(idx, Op::Get, h, k, Vec::new()).await {
+        let r = match self.call_on(idx, &session, Op::Get, h, k, Vec::new(), None).await {
             Ok(r) => r,
-            Err(e) if e.is_unavailable() => {
-                tracing::debug!(error = %e, "read turned into a miss");
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
+            Err(e) => return miss(e),
         };
         match r.header.status() {
             Status::Ok if r.crcs.first().copied().unwrap_or(0) == r.header.crc => Ok(Some(r.payload)),
@@ -722,27 +830,8 @@ impl Client {
             )));
         }
         let calls = prepared.groups.iter().map(|g| async move {
-            let mut meta = g.meta.clone();
-            let mut payload = Vec::with_capacity(g.members.len());
-            for (&i, &at) in g.members.iter().zip(&g.crc_at) {
-                meta[at..at + 4].copy_from_slice(&crc32c::crc32c(&data[i]).to_le_bytes());
-                payload.push(data[i].clone());
-            }
-            let mut h = Header::request(Op::PutBatch, 0);
-            h.count = g.members.len() as u32;
-            let r = self.call(g.idx, Op::PutBatch, h, meta, payload).await?;
-            if r.header.status() != Status::Ok {
-                return Err(self.server_error(g.idx, Op::PutBatch, &r));
-            }
+            let statuses = self.put_group(g, data).await?;
             let node = || self.inner.nodes[g.idx].name.clone();
-            let statuses = wire::decode_statuses(&r.meta, r.header.count)
-                .map_err(|e| ClientError::Protocol { node: node(), why: e.to_string() })?;
-            if statuses.len() != g.members.len() {
-                return Err(ClientError::Protocol {
-                    node: node(),
-                    why: "PUT_BATCH answer count differs from the request".into(),
-                });
-            }
             for (&i, s) in g.members.iter().zip(statuses) {
                 if s != Status::Ok {
                     let message = format!("entry for key {:?}", String::from_utf8_lossy(&prepared.keys[i]));
@@ -752,6 +841,37 @@ impl Client {
             Ok(())
         });
         join_all(calls).await.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
+    }
+
+    /// Sends one group of a prepared PUT batch: one-sidedly on a session with a provider, else
+    /// as one PUT_BATCH. Returns each entry's status.
+    async fn put_group(&self, g: &PutGroup, data: &[Bytes]) -> Result<Vec<Status>, ClientError> {
+        let session = self.session(&self.inner.nodes[g.idx]).await?;
+        if session.is_one_sided() {
+            let bytes: Vec<&[u8]> = g.members.iter().map(|&i| &data[i][..]).collect();
+            return self.put_one_sided(g.idx, &session, g.meta.clone(), &bytes).await;
+        }
+        let mut meta = g.meta.clone();
+        let mut payload = Vec::with_capacity(g.members.len());
+        for (&i, &at) in g.members.iter().zip(&g.crc_at) {
+            meta[at..at + 4].copy_from_slice(&crc32c::crc32c(&data[i]).to_le_bytes());
+            payload.push(data[i].clone());
+        }
+        let mut h = Header::request(Op::PutBatch, 0);
+        h.count = g.members.len() as u32;
+        let r = self.call_on(g.idx, &session, Op::PutBatch, h, meta, payload, None).await?;
+        if r.header.status() != Status::Ok {
+            return Err(self.server_error(g.idx, Op::PutBatch, &r));
+        }
+        let statuses = wire::decode_statuses(&r.meta, r.header.count)
+            .map_err(|e| ClientError::Protocol { node: self.inner.nodes[g.idx].name.clone(), why: e.to_string() })?;
+        if statuses.len() != g.members.len() {
+            return Err(ClientError::Protocol {
+                node: self.inner.nodes[g.idx].name.clone(),
+                why: "PUT_BATCH answer count differs from the request".into(),
+            });
+        }
+        Ok(statuses)
     }
 
     /// Reads many objects or ranges: one GET_BATCH per node, all nodes in parallel. Absent keys
@@ -823,17 +943,31 @@ impl Client {
                 .then(|| g.members.iter().map(|&i| targets[i].take().expect("each entry is in one group")).collect());
             async move {
                 let (idx, members) = (g.idx, &g.members);
+                let unavailable = || Ok(members.iter().map(|&i| (i, None)).collect::<Vec<_>>());
+                let session = match self.session(&self.inner.nodes[idx]).await {
+                    Ok(s) => s,
+                    Err(e) if e.is_unavailable() => return unavailable(),
+                    Err(e) => return Err(e),
+                };
+                if session.is_one_sided() {
+                    let key = |j: usize| String::from_utf8_lossy(&items[members[j]].key).into_owned();
+                    let meta = g.meta.clone();
+                    let got =
+                        self.get_one_sided(idx, &session, meta, members.len(), group_targets.as_ref(), &key).await;
+                    return match got {
+                        Ok(v) => Ok(members.iter().copied().zip(v).collect()),
+                        Err(e) if e.is_unavailable() => unavailable(),
+                        Err(e) => Err(e),
+                    };
+                }
                 let mut h = Header::request(Op::GetBatch, 0);
                 h.count = members.len() as u32;
-                let r =
-                    match self.call_into(idx, Op::GetBatch, h, g.meta.clone(), Vec::new(), group_targets.clone()).await
-                    {
-                        Ok(r) => r,
-                        Err(e) if e.is_unavailable() => {
-                            return Ok(members.iter().map(|&i| (i, None)).collect::<Vec<_>>());
-                        }
-                        Err(e) => return Err(e),
-                    };
+                let targets = group_targets.clone();
+                let r = match self.call_on(idx, &session, Op::GetBatch, h, g.meta.clone(), Vec::new(), targets).await {
+                    Ok(r) => r,
+                    Err(e) if e.is_unavailable() => return unavailable(),
+                    Err(e) => return Err(e),
+                };
                 if r.header.status() != Status::Ok {
                     return Err(self.server_error(idx, Op::GetBatch, &r));
                 }

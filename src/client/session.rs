@@ -8,6 +8,7 @@
 //! stream stays in sync.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -21,6 +22,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::bufpool::BufPool;
 use super::loans::ReadTarget;
 use crate::auth::{self, AuthKey, DirectionMac, FEATURE_PAYLOAD_MAC, Hello, Role, SessionKeys};
+use crate::transport::onesided::Provider;
+use crate::transport::shm::{self, ShmProvider};
 use crate::transport::tcp::{FrameError, FrameOut, FrameReader, SegmentCrcs, frame_prefix, write_frames};
 use crate::wire::{self, Flags, Header, Limits, MAC_LEN, MAX_META_LEN, Op, Status};
 
@@ -119,6 +122,10 @@ pub(crate) struct Session {
     pub(crate) max_object: u64,
     /// The writer and reader tasks.
     tasks: [tokio::task::AbortHandle; 2],
+    /// One-sided data path (shared memory, RDMA), if the session has one.
+    provider: tokio::sync::Mutex<Option<Box<dyn Provider>>>,
+    /// Whether a provider was attached (it is dropped, and the session closed, on failure).
+    one_sided: AtomicBool,
 }
 
 /// What a session needs to start.
@@ -144,28 +151,47 @@ impl Session {
     }
 
     /// Runs the handshake on an established stream and starts the tasks.
-    pub(crate) async fn start<S>(stream: S, p: &SessionParams<'_>) -> Result<Arc<Self>, SessionError>
+    pub(crate) async fn start<S>(mut stream: S, p: &SessionParams<'_>) -> Result<Arc<Self>, SessionError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let nonce = send_hello(&mut stream, p).await?;
+        Self::finish(stream, nonce, p, None).await
+    }
+
+    /// Connects to a node's shared-memory socket (a node on this host), authenticates, and maps
+    /// the arena it hands over: the session's one-sided transfers are `memcpy`s.
+    pub(crate) async fn connect_shm(socket: &str, p: &SessionParams<'_>) -> Result<Arc<Self>, SessionError> {
+        let closed = |why: String| SessionError::Closed(Arc::from(why));
+        let run = async {
+            let mut stream = shm::connect(socket)
+                .map_err(|e| closed(format!("cannot connect to shared-memory socket {socket}: {e}")))?;
+            let nonce = send_hello(&mut stream, p).await?;
+            let (_, fd) =
+                shm::recv_marker(&stream).await.map_err(|e| closed(format!("shared-memory handshake failed: {e}")))?;
+            // Mapped only once the node's answer authenticates (`finish` checks it first).
+            Self::finish(stream, nonce, p, fd).await
+        };
+        tokio::time::timeout(p.connect_timeout, run).await.map_err(|_| {
+            closed(format!("shared-memory handshake timed out after {} ms", p.connect_timeout.as_millis()))
+        })?
+    }
+
+    /// Reads and checks the node's HELLO answer and starts the tasks. `arena`: the memfd a
+    /// same-host node handed over, mapped only after the answer authenticated.
+    async fn finish<S>(
+        stream: S,
+        nonce: [u8; 32],
+        p: &SessionParams<'_>,
+        arena: Option<OwnedFd>,
+    ) -> Result<Arc<Self>, SessionError>
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let closed = |why: String| SessionError::Closed(Arc::from(why));
-        let (rd, mut wr) = tokio::io::split(stream);
+        let (rd, wr) = tokio::io::split(stream);
         let limits = Limits { max_meta: MAX_META_LEN as u32, max_payload: 1 << 40 };
         let mut rd = FrameReader::new(rd, limits);
-        let nonce = auth::random_bytes().map_err(|e| closed(e.to_string()))?;
-        let hello = Hello {
-            nonce,
-            unix_ms: auth::unix_ms(SystemTime::now()),
-            features: if p.payload_mac { FEATURE_PAYLOAD_MAC } else { 0 },
-        };
-        let meta = hello.encode(b"");
-        let mut h = Header::request(Op::Hello, 0);
-        h.meta_len = meta.len() as u32;
-        let raw = h.encode();
-        let mac = auth::hello_request_mac(p.key, &raw, &meta);
-        wr.write_all(&frame_prefix(&raw, &meta, &mac))
-            .await
-            .map_err(|e| closed(format!("handshake write failed: {e}")))?;
         let f = match rd.read_head().await {
             Ok(f) => f,
             Err(FrameError::Closed) => return Err(closed("node closed the connection during the handshake".into())),
@@ -205,6 +231,12 @@ impl Session {
             });
         }
         let keys = SessionKeys::derive(p.key, &nonce, &theirs.nonce, Role::Client);
+        let provider: Option<Box<dyn Provider>> = match arena {
+            Some(fd) => Some(Box::new(
+                ShmProvider::map(fd).map_err(|e| closed(format!("cannot map the node's shared arena: {e}")))?,
+            )),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
             alive: AtomicBool::new(true),
@@ -215,7 +247,26 @@ impl Session {
         let writer = tokio::spawn(write_loop(wr, keys.send, rx, payload_mac, Arc::clone(&shared)));
         let reader = tokio::spawn(read_loop(rd, keys.recv, payload_mac, Arc::clone(&shared), p.pool.clone()));
         let tasks = [writer.abort_handle(), reader.abort_handle()];
-        Ok(Arc::new(Self { tx, shared, next_id: AtomicU64::new(1), node_id, max_object, tasks }))
+        let one_sided = AtomicBool::new(provider.is_some());
+        let provider = tokio::sync::Mutex::new(provider);
+        Ok(Arc::new(Self { tx, shared, next_id: AtomicU64::new(1), node_id, max_object, tasks, provider, one_sided }))
+    }
+
+    /// Attaches a one-sided provider (an RDMA queue pair bootstrapped over this session).
+    pub(crate) async fn attach(&self, p: Box<dyn Provider>) {
+        *self.provider.lock().await = Some(p);
+        self.one_sided.store(true, Ordering::Release);
+    }
+
+    /// Whether the session moves bytes one-sidedly (its control ops then carry no payload).
+    pub(crate) fn is_one_sided(&self) -> bool {
+        self.one_sided.load(Ordering::Acquire)
+    }
+
+    /// The session's one-sided provider, locked for one transfer (the control steps around it
+    /// run unlocked, many at a time); `None` inside once a failure dropped it.
+    pub(crate) async fn provider(&self) -> tokio::sync::MutexGuard<'_, Option<Box<dyn Provider>>> {
+        self.provider.lock().await
     }
 
     /// Whether the session can still carry requests.
@@ -232,6 +283,12 @@ impl Session {
             t.abort();
         }
         self.shared.fail_all(reason);
+    }
+
+    /// Queues one request whose answer nobody waits for (the reader reads and drops it).
+    pub(crate) async fn post(&self, mut req: Outgoing) {
+        req.header.request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let _ = self.tx.send(req).await;
     }
 
     /// Sends one request and waits for its answer, whose payload goes into `targets` when given
@@ -262,6 +319,27 @@ impl Drop for Session {
         self.shared.alive.store(false, Ordering::Release);
         self.shared.closed.notify_waiters();
     }
+}
+
+/// Sends our HELLO; returns its nonce.
+async fn send_hello<S: AsyncWrite + Unpin>(stream: &mut S, p: &SessionParams<'_>) -> Result<[u8; 32], SessionError> {
+    let closed = |why: String| SessionError::Closed(Arc::from(why));
+    let nonce = auth::random_bytes().map_err(|e| closed(e.to_string()))?;
+    let hello = Hello {
+        nonce,
+        unix_ms: auth::unix_ms(SystemTime::now()),
+        features: if p.payload_mac { FEATURE_PAYLOAD_MAC } else { 0 },
+    };
+    let meta = hello.encode(b"");
+    let mut h = Header::request(Op::Hello, 0);
+    h.meta_len = meta.len() as u32;
+    let raw = h.encode();
+    let mac = auth::hello_request_mac(p.key, &raw, &meta);
+    stream
+        .write_all(&frame_prefix(&raw, &meta, &mac))
+        .await
+        .map_err(|e| closed(format!("handshake write failed: {e}")))?;
+    Ok(nonce)
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(

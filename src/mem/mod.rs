@@ -356,14 +356,16 @@ impl Registry {
     /// this host lacks while it has others.
     pub fn open(cfg: &crate::config::ClientConfig) -> Result<Self, MemError> {
         let root = PathBuf::from("/");
-        let (nics, no_nic) = if cfg.transport == crate::config::Transport::Tcp {
-            (Vec::new(), "MEMKV_TRANSPORT=tcp: no memory is registered with NICs".to_string())
+        let (nics, no_nic) = if matches!(cfg.transport, crate::config::Transport::Tcp | crate::config::Transport::Shm) {
+            (Vec::new(), format!("MEMKV_TRANSPORT={}: no memory is registered with NICs", cfg.transport))
         } else {
             match nic::open(&cfg.mem.rdma_devices) {
                 Ok(n) => (n, String::new()),
                 Err(why) if why.starts_with("MEMKV_RDMA_DEVICES") => return Err(MemError::Staging(why)),
                 Err(why) => {
-                    tracing::info!("MEMKV: {why}; memory moves over TCP, GPU memory through staging slots");
+                    tracing::info!(
+                        "MEMKV: {why}; memory moves over shared memory (nodes on this host) or TCP, GPU memory through staging slots"
+                    );
                     (Vec::new(), why)
                 }
             }

@@ -81,6 +81,8 @@ impl FreeList {
 /// The arena. Shared by every slot through `Arc`.
 pub(crate) struct Arena {
     map: UnsafeCell<MmapMut>,
+    /// The memfd behind the mapping, when the arena is shared with same-host clients.
+    file: Option<std::fs::File>,
     capacity: u64,
     free: Mutex<FreeList>,
     used: AtomicU64,
@@ -102,8 +104,23 @@ impl std::fmt::Debug for Arena {
 impl Arena {
     /// Maps `capacity` bytes of anonymous memory (committed lazily by the kernel).
     pub(crate) fn new(capacity: u64) -> std::io::Result<Arc<Self>> {
+        Self::create(capacity, None)
+    }
+
+    /// Maps `capacity` bytes of a memfd that same-host clients can map too (the shared-memory
+    /// transport).
+    pub(crate) fn shared(capacity: u64) -> std::io::Result<Arc<Self>> {
+        Self::create(capacity, Some(crate::transport::shm::memfd(capacity.max(1))?))
+    }
+
+    fn create(capacity: u64, file: Option<std::fs::File>) -> std::io::Result<Arc<Self>> {
         let len = usize::try_from(capacity).map_err(|_| std::io::Error::other("arena size does not fit in memory"))?;
-        let map = MmapMut::map_anon(len.max(1))?;
+        let map = match &file {
+            // SAFETY: the memfd is this arena's alone; other processes that map it write only
+            // reserved ranges (the trust model of docs/security.md), and readers check CRCs.
+            Some(f) => unsafe { MmapMut::map_mut(f)? },
+            None => MmapMut::map_anon(len.max(1))?,
+        };
         // Transparent huge pages where the kernel offers them (`madvise` mode): 512 times fewer
         // page faults while the arena fills, and far cheaper page pinning for O_DIRECT drive reads
         // into it. Only a hint: without THP the arena works the same on 4 KiB pages.
@@ -113,6 +130,7 @@ impl Arena {
         }
         Ok(Arc::new(Self {
             map: UnsafeCell::new(map),
+            file,
             capacity,
             free: Mutex::new(FreeList::new(capacity)),
             used: AtomicU64::new(0),
@@ -147,7 +165,13 @@ impl Arena {
         Some(SlotMut(Range { arena: Arc::clone(self), off, alloc: rounded, skip: 0, len }))
     }
 
-    fn base(&self) -> *mut u8 {
+    /// The memfd to hand to same-host clients, when the arena is shared.
+    pub(crate) fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.file.as_ref().map(std::os::fd::AsFd::as_fd)
+    }
+
+    /// The mapping's first byte (for registering the arena with a NIC once).
+    pub(crate) fn base(&self) -> *mut u8 {
         // SAFETY: reading the pointer of the mapping does not create a reference to its bytes.
         unsafe { (*self.map.get()).as_mut_ptr() }
     }
@@ -165,6 +189,11 @@ struct Range {
 }
 
 impl Range {
+    /// Offset of the view's first byte inside the arena.
+    fn offset(&self) -> u64 {
+        self.off + self.skip
+    }
+
     fn ptr(&self) -> *mut u8 {
         // SAFETY: off + skip + len <= off + allocated length <= capacity (the free list only
         // hands out ranges inside it, and `SlotMut::narrow` only shrinks the view).
@@ -199,6 +228,11 @@ impl SlotMut {
         self
     }
 
+    /// Offset of the range inside the arena (where a one-sided writer puts the bytes).
+    pub(crate) fn offset(&self) -> u64 {
+        self.0.offset()
+    }
+
     /// Makes the range read-only and shareable.
     pub(crate) fn freeze(self) -> Slot {
         Slot(self.0)
@@ -225,6 +259,11 @@ impl Slot {
     pub(crate) fn len(&self) -> u64 {
         self.0.len
     }
+
+    /// Offset of the object's first byte inside the arena (where a one-sided reader finds it).
+    pub(crate) fn offset(&self) -> u64 {
+        self.0.offset()
+    }
 }
 
 /// The buffer of an object that arrives in several ranged PUTs, possibly on several
@@ -235,6 +274,11 @@ impl PartialBuf {
     /// Object size.
     pub(crate) fn len(&self) -> u64 {
         self.0.len
+    }
+
+    /// Offset of the object's first byte inside the arena.
+    pub(crate) fn offset(&self) -> u64 {
+        self.0.offset()
     }
 
     /// A writable view of `[off, off + len)`.

@@ -10,8 +10,22 @@ use super::drive::TierSnapshot;
 use super::store::StoreCounters;
 use crate::wire::{Op, Status};
 
-const OPS: [Op; 8] = [Op::Hello, Op::Put, Op::Get, Op::Exists, Op::Delete, Op::NodeInfo, Op::PutBatch, Op::GetBatch];
-const STATUSES: usize = 12;
+const OPS: [Op; 13] = [
+    Op::Hello,
+    Op::Put,
+    Op::Get,
+    Op::Exists,
+    Op::Delete,
+    Op::NodeInfo,
+    Op::PutBatch,
+    Op::GetBatch,
+    Op::Reserve,
+    Op::Commit,
+    Op::Lookup,
+    Op::Release,
+    Op::Connect,
+];
+const STATUSES: usize = 13;
 
 /// Why a peer failed authentication.
 #[derive(Debug, Clone, Copy)]
@@ -26,13 +40,15 @@ const AUTH_REASONS: [&str; 3] = ["bad_mac", "replay", "clock_drift"];
 /// Counters of one node.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
-    requests: [AtomicU64; 8],
+    requests: [AtomicU64; OPS.len()],
     errors: [AtomicU64; STATUSES],
     auth_failures: [AtomicU64; 3],
     /// Frames rejected before authentication (bad magic, newer version, oversized fields).
     pub(crate) invalid_frames: AtomicU64,
     pub(crate) connections: AtomicU64,
     pub(crate) connections_total: AtomicU64,
+    /// One-sided reservations and pins held by clients now.
+    pub(crate) leases: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
 }
@@ -152,6 +168,13 @@ pub(crate) fn render(stats: &Stats, s: &Snapshot) -> String {
         "counter",
         "Client connections accepted.",
         &[("", l(&stats.connections_total) as f64)],
+    );
+    metric(
+        &mut o,
+        "memkv_leases",
+        "gauge",
+        "One-sided reservations and pins held by clients now (shared memory, RDMA).",
+        &[("", l(&stats.leases) as f64)],
     );
     metric(
         &mut o,

@@ -9,6 +9,7 @@ mod admin;
 mod arena;
 mod drive;
 mod metrics;
+mod onesided;
 mod session;
 mod store;
 
@@ -23,8 +24,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::auth::{AuthKey, NonceCache};
-use crate::config::{ServerConfig, format_size};
+use crate::config::{ServerConfig, default_shm_socket, format_size};
 use crate::license::License;
+use crate::transport::rdma::NodeRdma;
+use crate::transport::shm;
 use crate::wire::{Limits, MAX_BATCH_PAYLOAD, MAX_META_LEN};
 use drive::{Durable, Persist, Tier};
 use metrics::{Snapshot, Stats};
@@ -46,6 +49,13 @@ pub(crate) struct Ctx {
     license_summary: String,
     shutdown: watch::Receiver<bool>,
     draining: AtomicBool,
+    /// How long a one-sided reservation or pin may stay unfinished.
+    lease_timeout: Duration,
+    /// The arena registered with the node's RDMA device (named), when it has one.
+    rdma: Option<NodeRdma>,
+    rdma_device: Option<String>,
+    /// The shared-memory socket's name, when same-host clients get the arena.
+    shm_socket: Option<String>,
 }
 
 impl Ctx {
@@ -153,6 +163,7 @@ impl Ctx {
             "evicted_bytes": c.evicted_bytes,
             "connections": Stats::load(&self.stats.connections),
             "connections_total": Stats::load(&self.stats.connections_total),
+            "leases": Stats::load(&self.stats.leases),
             "bytes_received": Stats::load(&self.stats.bytes_in),
             "bytes_sent": Stats::load(&self.stats.bytes_out),
             "auth_failures": self.stats.auth_failures_total(),
@@ -160,6 +171,11 @@ impl Ctx {
             "invalid_frames": Stats::load(&self.stats.invalid_frames),
             "license": self.license_summary,
             "storage": storage,
+            "transports": {
+                "tcp": true,
+                "shm": self.shm_socket.as_ref().map(|s| serde_json::json!({ "socket": s, "host": shm::host_id() })),
+                "rdma": self.rdma_device.as_ref().map(|d| serde_json::json!({ "device": d })),
+            },
         })
     }
 
@@ -176,6 +192,32 @@ impl Ctx {
                 tier: self.tier.as_ref().map(Tier::snapshot),
             },
         )
+    }
+}
+
+#[cfg(test)]
+impl Ctx {
+    /// A DRAM-only node's context over a `capacity`-byte arena, for unit tests of the op handlers.
+    pub(crate) fn for_tests(capacity: u64, lease_timeout: Duration) -> Self {
+        Self {
+            store: Store::new(arena::Arena::new(capacity).expect("arena"), capacity, Duration::from_secs(30)),
+            tier: None,
+            stats: Stats::default(),
+            key: AuthKey::generate().expect("key"),
+            node_id: "test".into(),
+            limits: Limits::default(),
+            max_drift: Duration::from_secs(30),
+            require_payload_mac: false,
+            nonces: Mutex::new(NonceCache::new(Duration::from_secs(60), 16)),
+            started: Instant::now(),
+            license_summary: String::new(),
+            shutdown: watch::channel(false).1,
+            draining: AtomicBool::new(false),
+            lease_timeout,
+            rdma: None,
+            rdma_device: None,
+            shm_socket: None,
+        }
     }
 }
 
@@ -198,6 +240,19 @@ pub enum StartError {
     /// A drive directory cannot be used (wrong path, foreign data, newer format, in use).
     #[error("{0}")]
     Storage(String),
+    /// The RDMA device named by --rdma-device cannot be used.
+    #[error("cannot use the RDMA device for one-sided transfers (--rdma-device / MEMKV_RDMA_DEVICE): {0}")]
+    Rdma(String),
+    /// The shared-memory socket could not be bound.
+    #[error(
+        "cannot bind the shared-memory socket {name}: {source}; choose another with --shm-socket / MEMKV_SHM_SOCKET, or turn it off with `off`"
+    )]
+    Shm {
+        /// The socket's name.
+        name: String,
+        /// OS error.
+        source: std::io::Error,
+    },
     /// A port could not be bound.
     #[error("cannot bind the {what} address {addr}: {source}; choose another address with {flag}")]
     Bind {
@@ -212,11 +267,26 @@ pub enum StartError {
     },
 }
 
+/// Out of file descriptors and similar: logs and backs off instead of spinning.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// The next same-host connection; never resolves when the node has no shared-memory socket.
+async fn accept_unix(l: Option<&tokio::net::UnixListener>) -> std::io::Result<tokio::net::UnixStream> {
+    match l {
+        Some(l) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
 /// A started node: bound sockets, ready to serve.
 pub struct Server {
     ctx: Arc<Ctx>,
     data: TcpListener,
     admin: TcpListener,
+    shm: Option<tokio::net::UnixListener>,
     shutdown_tx: watch::Sender<bool>,
     grace: Duration,
     partial_timeout: Duration,
@@ -226,8 +296,16 @@ impl Server {
     /// Verifies the license, allocates the arena and binds both ports.
     pub async fn bind(cfg: ServerConfig, license: License) -> Result<Self, StartError> {
         license.check_capacity(cfg.memory)?;
-        let arena = arena::Arena::new(cfg.memory)
-            .map_err(|source| StartError::Arena { size: format_size(cfg.memory), source })?;
+        // Same-host clients map the arena: it lives in a memfd then.
+        let arena = match cfg.shm_socket {
+            Some(_) => arena::Arena::shared(cfg.memory),
+            None => arena::Arena::new(cfg.memory),
+        }
+        .map_err(|source| StartError::Arena { size: format_size(cfg.memory), source })?;
+        let rdma = match &cfg.rdma_device {
+            Some(dev) => Some(NodeRdma::open(dev, arena.base(), cfg.memory, cfg.rdma).map_err(StartError::Rdma)?),
+            None => None,
+        };
         // Queued drive writes pin arena memory: a quarter of it at most, so PUTs keep room.
         let tier = match cfg.storage.data_dirs.is_empty() {
             true => None,
@@ -245,6 +323,18 @@ impl Server {
             flag: "--admin-listen / MEMKV_ADMIN_LISTEN",
             source,
         })?;
+        // `auto` on port 0: the socket is named after the port the data listener got.
+        let mut shm_socket = cfg.shm_socket;
+        if cfg.listen.port() == 0
+            && shm_socket.as_deref() == Some(default_shm_socket(cfg.listen).as_str())
+            && let Ok(bound) = data.local_addr()
+        {
+            shm_socket = Some(default_shm_socket(bound));
+        }
+        let shm = match &shm_socket {
+            Some(name) => Some(shm::bind(name).map_err(|source| StartError::Shm { name: name.clone(), source })?),
+            None => None,
+        };
         let (shutdown_tx, shutdown) = watch::channel(false);
         let ctx = Arc::new(Ctx {
             store: Store::new(arena, cfg.max_object_size, cfg.partial_timeout),
@@ -260,8 +350,12 @@ impl Server {
             license_summary: license.summary(),
             shutdown,
             draining: AtomicBool::new(false),
+            lease_timeout: cfg.lease_timeout,
+            rdma,
+            rdma_device: cfg.rdma_device,
+            shm_socket,
         });
-        Ok(Self { ctx, data, admin, shutdown_tx, grace: cfg.shutdown_grace, partial_timeout: cfg.partial_timeout })
+        Ok(Self { ctx, data, admin, shm, shutdown_tx, grace: cfg.shutdown_grace, partial_timeout: cfg.partial_timeout })
     }
 
     /// The bound data address.
@@ -277,7 +371,7 @@ impl Server {
     /// Serves until `stop` resolves, then drains: stops accepting, reports not ready, and waits up
     /// to the grace period for open connections to finish their current requests.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
-        let Self { ctx, data, admin, shutdown_tx, grace, partial_timeout } = self;
+        let Self { ctx, data, admin, shm, shutdown_tx, grace, partial_timeout } = self;
         let mut admin_stop = ctx.shutdown.clone();
         let app = admin::router(Arc::clone(&ctx));
         let admin_task = tokio::spawn(async move {
@@ -308,15 +402,25 @@ impl Server {
                         c.stats.connections.fetch_add(1, Ordering::Relaxed);
                         c.stats.connections_total.fetch_add(1, Ordering::Relaxed);
                         conns.spawn(async move {
-                            session::serve(stream, peer, Arc::clone(&c)).await;
+                            session::serve(stream, peer.to_string(), None, Arc::clone(&c)).await;
                             c.stats.connections.fetch_sub(1, Ordering::Relaxed);
                         });
                     }
-                    Err(e) => {
-                        // Out of file descriptors and similar: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(e) => accept_failed(e).await,
+                },
+                accepted = accept_unix(shm.as_ref()) => match accepted {
+                    Ok(stream) => {
+                        let c = Arc::clone(&ctx);
+                        c.stats.connections.fetch_add(1, Ordering::Relaxed);
+                        c.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+                        let sock = std::os::fd::AsRawFd::as_raw_fd(&stream);
+                        let peer = format!("shm:{}", c.shm_socket.as_deref().unwrap_or_default());
+                        conns.spawn(async move {
+                            session::serve(stream, peer, Some(sock), Arc::clone(&c)).await;
+                            c.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                        });
                     }
+                    Err(e) => accept_failed(e).await,
                 },
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
             }
@@ -328,6 +432,7 @@ impl Server {
         );
         ctx.draining.store(true, Ordering::Relaxed);
         drop(data);
+        drop(shm);
         let _ = shutdown_tx.send(true);
         let drained = tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
         if drained.is_err() {

@@ -10,10 +10,10 @@
 //! Payload bytes of a PUT go from the socket straight into their arena slot; GET answers are sent
 //! straight from the pinned object. The index lock is never held across a socket operation.
 
-use std::net::SocketAddr;
 use std::ops::Range;
+use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -21,11 +21,14 @@ use tokio::sync::mpsc;
 use super::Ctx;
 use super::drive::Durable;
 use super::metrics::AuthFailure;
+use super::onesided::Leases;
 use super::store::{Object, PartWrite, Store};
 use crate::auth::{
     self, AuthError, DirectionMac, FEATURE_PAYLOAD_MAC, Hello, PayloadMac, Role, SessionKeys, hello_request_mac,
     hello_response_mac, macs_equal,
 };
+use crate::transport::rdma::{NodeQp, QpInfo};
+use crate::transport::shm;
 use crate::transport::tcp::{FrameError, FrameHead, FrameOut, FrameReader, frame_prefix, write_frames};
 use crate::wire::{
     self, ABSENT, BatchGetAnswer, BatchPutEntry, Flags, Header, MAC_LEN, MAX_BATCH_PAYLOAD, Op, Status, WireError,
@@ -34,9 +37,9 @@ use crate::wire::{
 /// Answers queued between the read loop and the write task.
 const REPLY_QUEUE: usize = 256;
 /// A connection that has not completed its HELLO by then is closed (it holds a task and a socket).
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a peer to close after we closed our side.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+const LINGER: Duration = Duration::from_secs(1);
 /// Most answers sealed into one `writev`.
 const WRITE_BATCH: usize = 64;
 
@@ -114,14 +117,15 @@ impl Reply {
     }
 }
 
-/// Serves one accepted connection until the peer leaves, a fatal error, or shutdown.
-pub(crate) async fn serve<S>(stream: S, peer: SocketAddr, ctx: Arc<Ctx>)
+/// Serves one accepted connection until the peer leaves, a fatal error, or shutdown. `unix` is
+/// the socket of a same-host (Unix-socket) connection: its handshake hands over the arena.
+pub(crate) async fn serve<S>(stream: S, peer: String, unix: Option<RawFd>, ctx: Arc<Ctx>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (rd, mut wr) = tokio::io::split(stream);
     let mut rd = FrameReader::new(rd, ctx.limits);
-    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut rd, &mut wr, &ctx, peer)).await;
+    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut rd, &mut wr, &ctx, &peer, unix)).await;
     let Ok(Some((keys, payload_mac))) = hello else {
         if hello.is_err() {
             ctx.stats.invalid_frame();
@@ -134,9 +138,14 @@ where
     let (tx, rx) = mpsc::channel(REPLY_QUEUE);
     let writer = tokio::spawn(write_loop(wr, keys.send, rx, payload_mac, Arc::clone(&ctx)));
     let reads = Arc::new(tokio::sync::RwLock::new(()));
-    let mut conn = Conn { rd, recv: keys.recv, tx, ctx, peer, payload_mac, reads };
+    let leases = Leases::new(ctx.lease_timeout);
+    let mut conn = Conn { rd, recv: keys.recv, tx, ctx, peer, payload_mac, reads, leases, qps: Vec::new() };
     conn.read_loop().await;
-    let Conn { mut rd, tx, .. } = conn;
+    let Conn { mut rd, tx, mut leases, ctx, qps, .. } = conn;
+    // The peer is gone or going: nothing of its leases can be committed any more. Its queue
+    // pairs go first, so that no RDMA access reaches the memory the leases free.
+    drop(qps);
+    leases.close(&ctx);
     drop(tx);
     let _ = writer.await;
     linger(&mut rd).await;
@@ -151,6 +160,7 @@ async fn linger<R: AsyncRead + Unpin>(rd: &mut FrameReader<R>) {
 }
 
 /// Answers a handshake failure (MAC'd with the cluster key) and logs it.
+#[allow(clippy::too_many_arguments, reason = "the handshake's state, passed down once")]
 async fn refuse<W: AsyncWrite + Unpin>(
     wr: &mut W,
     ctx: &Ctx,
@@ -158,9 +168,16 @@ async fn refuse<W: AsyncWrite + Unpin>(
     nonce: &[u8; 32],
     status: Status,
     msg: String,
-    peer: SocketAddr,
+    peer: &str,
+    unix: Option<RawFd>,
 ) {
     tracing::warn!(%peer, status = status.name(), reason = %msg, "handshake refused");
+    // A same-host client reads the marker byte first: say that no arena follows.
+    if let Some(sock) = unix
+        && shm::send_marker(sock, None, HANDSHAKE_TIMEOUT).await.is_err()
+    {
+        return;
+    }
     let mut h = Header::response_to(req, status);
     h.meta_len = msg.len() as u32;
     let raw = h.encode();
@@ -172,7 +189,8 @@ async fn handshake<R, W>(
     rd: &mut FrameReader<R>,
     wr: &mut W,
     ctx: &Ctx,
-    peer: SocketAddr,
+    peer: &str,
+    unix: Option<RawFd>,
 ) -> Option<(SessionKeys, bool)>
 where
     R: AsyncRead + Unpin,
@@ -187,7 +205,7 @@ where
             let msg = format!(
                 "client speaks protocol version {got}, this node speaks up to version {ours}; upgrade the node or use a client of version {ours}"
             );
-            refuse(wr, ctx, &req, &[0; 32], Status::UnsupportedVersion, msg, peer).await;
+            refuse(wr, ctx, &req, &[0; 32], Status::UnsupportedVersion, msg, peer, unix).await;
             return None;
         }
         Err(e) => {
@@ -202,7 +220,7 @@ where
         ctx.stats.error(Status::InvalidRequest);
         let msg =
             "the first frame of a connection must be a HELLO without payload (is this a MemKV client?)".to_string();
-        refuse(wr, ctx, &h, &[0; 32], Status::InvalidRequest, msg, peer).await;
+        refuse(wr, ctx, &h, &[0; 32], Status::InvalidRequest, msg, peer, unix).await;
         return None;
     }
     let expected = hello_request_mac(&ctx.key, &f.raw, &f.meta);
@@ -211,7 +229,7 @@ where
     if !macs_equal(&expected, &f.mac) {
         ctx.stats.auth_failure(AuthFailure::BadMac);
         ctx.stats.error(Status::BadMac);
-        refuse(wr, ctx, &h, &nonce, Status::BadMac, AuthError::BadMac.to_string(), peer).await;
+        refuse(wr, ctx, &h, &nonce, Status::BadMac, AuthError::BadMac.to_string(), peer, unix).await;
         return None;
     }
     let checked = hello.and_then(|(hello, _)| {
@@ -228,7 +246,7 @@ where
                 _ => {}
             }
             ctx.stats.error(e.status());
-            refuse(wr, ctx, &h, &nonce, e.status(), e.to_string(), peer).await;
+            refuse(wr, ctx, &h, &nonce, e.status(), e.to_string(), peer, unix).await;
             return None;
         }
     };
@@ -236,7 +254,7 @@ where
     let node_nonce = match auth::random_bytes() {
         Ok(n) => n,
         Err(e) => {
-            refuse(wr, ctx, &h, &nonce, Status::ServerError, e.to_string(), peer).await;
+            refuse(wr, ctx, &h, &nonce, Status::ServerError, e.to_string(), peer, unix).await;
             return None;
         }
     };
@@ -253,6 +271,15 @@ where
     resp.meta_len = meta.len() as u32;
     let raw = resp.encode();
     let mac = hello_response_mac(&ctx.key, &raw, &meta, &hello.nonce);
+    // A same-host client gets the arena (the client authenticated itself with its HELLO; it
+    // keeps the mapping only if this answer authenticates the node).
+    if let Some(sock) = unix {
+        let arena = ctx.store.arena().fd();
+        if let Err(e) = shm::send_marker(sock, arena, HANDSHAKE_TIMEOUT).await {
+            tracing::debug!(%peer, error = %e, "could not hand over the arena");
+            return None;
+        }
+    }
     if wr.write_all(&frame_prefix(&raw, &meta, &mac)).await.is_err() {
         return None;
     }
@@ -266,7 +293,11 @@ struct Conn<R> {
     recv: DirectionMac,
     tx: mpsc::Sender<Reply>,
     ctx: Arc<Ctx>,
-    peer: SocketAddr,
+    peer: String,
+    /// Reservations and pins of the one-sided ops.
+    leases: Leases,
+    /// The RDMA queue pairs this session's CONNECTs created.
+    qps: Vec<NodeQp>,
     payload_mac: bool,
     /// Held (shared) by every deferred read; a write op takes it exclusively first, so that a
     /// read never sees a write the client sent after it.
@@ -297,10 +328,18 @@ impl<R: AsyncRead + Unpin> Conn<R> {
 
     async fn read_loop(&mut self) {
         let mut shutdown = self.ctx.shutdown.clone();
+        let mut sweep = tokio::time::interval((self.ctx.lease_timeout / 2).max(Duration::from_millis(50)));
         loop {
             let next = tokio::select! {
                 f = self.rd.read_head() => f,
                 _ = shutdown.wait_for(|s| *s) => return,
+                _ = sweep.tick(), if self.leases.live() > 0 => {
+                    let n = self.leases.expire(&self.ctx, Instant::now());
+                    if n > 0 {
+                        tracing::warn!(peer = %self.peer, leases = n, "one-sided leases expired (MEMKV_LEASE_TIMEOUT_MS); their memory is held until the session ends");
+                    }
+                    continue;
+                }
             };
             let f = match next {
                 Ok(f) => f,
@@ -402,6 +441,75 @@ impl<R: AsyncRead + Unpin> Conn<R> {
             Op::Hello => {
                 self.send(Reply::error(&h, Status::InvalidRequest, "HELLO inside an established session")).await;
                 false
+            }
+            Op::Reserve | Op::Commit | Op::Lookup | Op::Release | Op::Connect => {
+                let ok = self.skip_payload(&h).await;
+                let r = self.one_sided(op, &h, &f.meta).await;
+                ok && self.send(r).await
+            }
+        }
+    }
+
+    /// The one-sided ops (see `server::onesided`): control steps around transfers that move no
+    /// bytes through this connection.
+    async fn one_sided(&mut self, op: Op, h: &Header, meta: &[u8]) -> Reply {
+        let ctx = Arc::clone(&self.ctx);
+        let mut r = Reply::new(h, Status::Ok);
+        let counted = match op {
+            Op::Reserve => self.leases.reserve(&ctx, meta, h.count).map(|g| {
+                wire::encode_grants(&g, &mut r.meta);
+                g.len()
+            }),
+            Op::Commit => {
+                self.after_reads().await;
+                match self.leases.commit(&ctx, meta, h.count) {
+                    Ok(c) => {
+                        ctx.stats.add_in(c.bytes);
+                        r.durable = ctx.persist(c.writes).await;
+                        wire::encode_statuses(c.statuses.iter().copied(), &mut r.meta);
+                        Ok(c.statuses.len())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Op::Lookup => self.leases.lookup(&ctx, meta, h.count).await.map(|p| {
+                ctx.stats.add_out(p.iter().map(|p| p.length).sum());
+                wire::encode_pins(&p, &mut r.meta);
+                p.len()
+            }),
+            Op::Release => self.leases.release(&ctx, meta, h.count).map(|s| {
+                wire::encode_statuses(s.iter().copied(), &mut r.meta);
+                s.len()
+            }),
+            _ => return self.connect(h, meta),
+        };
+        match counted {
+            Ok(n) => {
+                r.header.count = n as u32;
+                r
+            }
+            Err(e) => Reply::error(h, e.status(), e.to_string()),
+        }
+    }
+
+    /// CONNECT: a queue pair towards the client's, on the node's RDMA device.
+    fn connect(&mut self, h: &Header, meta: &[u8]) -> Reply {
+        let Some(rdma) = &self.ctx.rdma else {
+            return Reply::error(
+                h,
+                Status::InvalidRequest,
+                "this node has no RDMA device (start it with --rdma-device / MEMKV_RDMA_DEVICE); use TCP or, on the node's host, shared memory",
+            );
+        };
+        let accepted = QpInfo::decode(meta).and_then(|theirs| rdma.accept(&theirs));
+        match accepted {
+            Ok((ours, qp)) => {
+                self.qps.push(qp);
+                Reply { meta: ours.encode(), ..Reply::new(h, Status::Ok) }
+            }
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, error = %e, "RDMA connect failed");
+                Reply::error(h, Status::ServerError, format!("RDMA connect failed on the node: {e}"))
             }
         }
     }
@@ -656,7 +764,7 @@ async fn get_batch(ctx: Arc<Ctx>, h: Header, meta: Vec<u8>) -> Reply {
 }
 
 /// The byte range `[offset, offset + length)` of `obj`; `length` 0 means "to the end".
-fn object_range(obj: &Object, offset: u64, length: u64) -> Result<Range<usize>, String> {
+pub(super) fn object_range(obj: &Object, offset: u64, length: u64) -> Result<Range<usize>, String> {
     let size = obj.len();
     let end = if length == 0 { Some(size) } else { offset.checked_add(length) };
     match end {

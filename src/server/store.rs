@@ -53,6 +53,10 @@ impl Object {
     pub(crate) fn len(&self) -> u64 {
         self.slot.len()
     }
+    /// Offset of the first byte inside the arena.
+    pub(crate) fn arena_offset(&self) -> u64 {
+        self.slot.offset()
+    }
 }
 
 /// Why the store refused.
@@ -136,6 +140,11 @@ pub(crate) struct PartWrite {
 }
 
 impl PartWrite {
+    /// Offset inside the arena of the bytes this write owns.
+    pub(crate) fn arena_offset(&self) -> u64 {
+        self.buf.offset() + self.offset
+    }
+
     /// The bytes this write owns.
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: `Store::begin_part` registered [offset, offset+len) as in flight and refused

@@ -1,7 +1,15 @@
 //! Transports: how frames and payload bytes move between a client and a node.
 //!
-//! `tcp` is the production byte-stream transport (vectored writes, payloads received straight
-//! into their destination). RDMA arrives with its own issue; `MEMKV_TRANSPORT=auto` falls back to
-//! TCP until then, saying so once in the log.
+//! - `tcp`: the byte-stream framing edge (vectored writes, payloads received straight into their
+//!   destination); every session's control traffic, and the whole data path of TCP sessions.
+//! - `onesided`: the provider interface (register, post, poll) of the one-sided data path and
+//!   the transfer loop written once against it.
+//! - `shm`: same-host provider: the node's arena arrives as a memfd over a Unix socket after the
+//!   authenticated handshake; a one-sided write or read is a `memcpy` into or out of it.
+//! - `rdma`: verbs provider (RC queue pairs, RDMA WRITE/READ into the node's registered arena),
+//!   bootstrapped by a CONNECT op over the authenticated TCP session.
 
+pub(crate) mod onesided;
+pub(crate) mod rdma;
+pub(crate) mod shm;
 pub(crate) mod tcp;

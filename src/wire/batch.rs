@@ -45,9 +45,51 @@ pub struct BatchGetAnswer {
     pub crc: u32,
 }
 
+/// The node's answer for one RESERVE entry: where in its arena the entry's bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Outcome for this entry; the other fields are 0 unless `Ok`.
+    pub status: Status,
+    /// Offset of the reserved range inside the node's arena.
+    pub addr: u64,
+    /// Lease token that COMMIT (or RELEASE) names the reservation by.
+    pub token: u64,
+}
+
+/// One COMMIT entry: a reservation whose bytes were written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitEntry {
+    /// Lease token from the RESERVE answer.
+    pub token: u64,
+    /// CRC32C of the written bytes, when the client could compute it (it cannot for bytes it
+    /// wrote straight from GPU memory); the node checks it before the object becomes visible.
+    pub crc: Option<u32>,
+}
+
+/// The node's answer for one LOOKUP entry: where a pinned object's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pinned {
+    /// Outcome for this entry; the other fields are 0 unless `Ok` (`total` is also set for
+    /// `InvalidRequest`, a range outside the object).
+    pub status: Status,
+    /// Offset of the wanted bytes inside the node's arena.
+    pub addr: u64,
+    /// Bytes to read.
+    pub length: u64,
+    /// Size of the whole object.
+    pub total: u64,
+    /// CRC32C of the wanted bytes.
+    pub crc: u32,
+    /// Lease token that RELEASE names the pin by.
+    pub token: u64,
+}
+
 const PUT_FIXED: usize = 2 + 8 + 8 + 8 + 4;
 const GET_FIXED: usize = 2 + 8 + 8;
 const ANSWER_LEN: usize = 2 + 8 + 8 + 4;
+const GRANT_LEN: usize = 2 + 8 + 8;
+const COMMIT_LEN: usize = 8 + 4 + 1;
+const PINNED_LEN: usize = 2 + 8 + 8 + 8 + 4 + 8;
 
 struct Cursor<'a> {
     b: &'a [u8],
@@ -76,6 +118,9 @@ impl<'a> Cursor<'a> {
         a.copy_from_slice(s);
         Ok(u64::from_le_bytes(a))
     }
+    fn status(&mut self) -> Result<Status, WireError> {
+        Ok(Status::from_u16(self.u16()?).unwrap_or(Status::ServerError))
+    }
     fn key(&mut self) -> Result<&'a [u8], WireError> {
         let n = self.u16()? as usize;
         let k = self.take(n)?;
@@ -85,6 +130,16 @@ impl<'a> Cursor<'a> {
     fn finish(&self) -> Result<(), WireError> {
         if self.b.is_empty() { Ok(()) } else { Err(WireError::BadMeta("trailing bytes after the last batch entry")) }
     }
+}
+
+/// Decodes `n` items with `f` into a vector allocated once (the count was checked against the
+/// meta's length, so it is bounded by what the peer actually sent).
+fn decode_n<T>(n: usize, mut f: impl FnMut() -> Result<T, WireError>) -> Result<Vec<T>, WireError> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(f()?);
+    }
+    Ok(v)
 }
 
 fn check_count(count: u32, meta: &[u8], min_entry: usize) -> Result<usize, WireError> {
@@ -115,7 +170,7 @@ pub fn encode_keys<'k>(keys: impl IntoIterator<Item = &'k [u8]>, out: &mut Vec<u
 pub fn decode_keys(meta: &[u8], count: u32) -> Result<Vec<&[u8]>, WireError> {
     let n = check_count(count, meta, 3)?;
     let mut c = Cursor { b: meta };
-    let keys = (0..n).map(|_| c.key()).collect::<Result<Vec<_>, _>>()?;
+    let keys = decode_n(n, || c.key())?;
     c.finish()?;
     Ok(keys)
 }
@@ -131,7 +186,7 @@ pub fn encode_exists_answer(sizes: impl IntoIterator<Item = u64>, out: &mut Vec<
 pub fn decode_exists_answer(meta: &[u8], count: u32) -> Result<Vec<u64>, WireError> {
     let n = check_count(count, meta, 8)?;
     let mut c = Cursor { b: meta };
-    let v = (0..n).map(|_| c.u64()).collect::<Result<Vec<_>, _>>()?;
+    let v = decode_n(n, || c.u64())?;
     c.finish()?;
     Ok(v)
 }
@@ -149,6 +204,20 @@ pub fn encode_put_entries(entries: &[BatchPutEntry<'_>], out: &mut Vec<u8>) {
 
 /// Decodes PUT_BATCH entries and checks that their lengths add up to `payload_len`.
 pub fn decode_put_entries(meta: &[u8], count: u32, payload_len: u64) -> Result<Vec<BatchPutEntry<'_>>, WireError> {
+    let (v, sum) = decode_put_like(meta, count)?;
+    if sum != payload_len {
+        return Err(WireError::BadMeta("entry lengths do not add up to the payload length"));
+    }
+    Ok(v)
+}
+
+/// Decodes RESERVE entries: PUT_BATCH entries whose bytes travel one-sidedly (their `crc` is
+/// unused; COMMIT carries it).
+pub fn decode_reserve_entries(meta: &[u8], count: u32) -> Result<Vec<BatchPutEntry<'_>>, WireError> {
+    decode_put_like(meta, count).map(|(v, _)| v)
+}
+
+fn decode_put_like(meta: &[u8], count: u32) -> Result<(Vec<BatchPutEntry<'_>>, u64), WireError> {
     let n = check_count(count, meta, PUT_FIXED + 1)?;
     let mut c = Cursor { b: meta };
     let mut sum: u64 = 0;
@@ -159,10 +228,92 @@ pub fn decode_put_entries(meta: &[u8], count: u32, payload_len: u64) -> Result<V
         v.push(e);
     }
     c.finish()?;
-    if sum != payload_len {
-        return Err(WireError::BadMeta("entry lengths do not add up to the payload length"));
+    Ok((v, sum))
+}
+
+/// Encodes RESERVE answers.
+pub fn encode_grants(grants: &[Grant], out: &mut Vec<u8>) {
+    for g in grants {
+        out.extend_from_slice(&(g.status as u16).to_le_bytes());
+        out.extend_from_slice(&g.addr.to_le_bytes());
+        out.extend_from_slice(&g.token.to_le_bytes());
     }
+}
+
+/// Decodes `count` RESERVE answers; unknown status codes become `ServerError`.
+pub fn decode_grants(meta: &[u8], count: u32) -> Result<Vec<Grant>, WireError> {
+    let n = check_count(count, meta, GRANT_LEN)?;
+    let mut c = Cursor { b: meta };
+    let v = decode_n(n, || Ok(Grant { status: c.status()?, addr: c.u64()?, token: c.u64()? }))?;
+    c.finish()?;
     Ok(v)
+}
+
+/// Encodes COMMIT entries.
+pub fn encode_commits(entries: &[CommitEntry], out: &mut Vec<u8>) {
+    for e in entries {
+        out.extend_from_slice(&e.token.to_le_bytes());
+        out.extend_from_slice(&e.crc.unwrap_or(0).to_le_bytes());
+        out.push(u8::from(e.crc.is_some()));
+    }
+}
+
+/// Decodes `count` COMMIT entries.
+pub fn decode_commits(meta: &[u8], count: u32) -> Result<Vec<CommitEntry>, WireError> {
+    let n = check_count(count, meta, COMMIT_LEN)?;
+    let mut c = Cursor { b: meta };
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (token, crc) = (c.u64()?, c.u32()?);
+        let crc = match c.take(1)?[0] {
+            0 => None,
+            1 => Some(crc),
+            _ => return Err(WireError::BadMeta("COMMIT entry flag must be 0 or 1")),
+        };
+        v.push(CommitEntry { token, crc });
+    }
+    c.finish()?;
+    Ok(v)
+}
+
+/// Encodes LOOKUP answers.
+pub fn encode_pins(pins: &[Pinned], out: &mut Vec<u8>) {
+    for p in pins {
+        out.extend_from_slice(&(p.status as u16).to_le_bytes());
+        out.extend_from_slice(&p.addr.to_le_bytes());
+        out.extend_from_slice(&p.length.to_le_bytes());
+        out.extend_from_slice(&p.total.to_le_bytes());
+        out.extend_from_slice(&p.crc.to_le_bytes());
+        out.extend_from_slice(&p.token.to_le_bytes());
+    }
+}
+
+/// Decodes `count` LOOKUP answers; unknown status codes become `ServerError`.
+pub fn decode_pins(meta: &[u8], count: u32) -> Result<Vec<Pinned>, WireError> {
+    let n = check_count(count, meta, PINNED_LEN)?;
+    let mut c = Cursor { b: meta };
+    let v = decode_n(n, || {
+        Ok(Pinned {
+            status: c.status()?,
+            addr: c.u64()?,
+            length: c.u64()?,
+            total: c.u64()?,
+            crc: c.u32()?,
+            token: c.u64()?,
+        })
+    })?;
+    c.finish()?;
+    Ok(v)
+}
+
+/// Encodes lease tokens (RELEASE request).
+pub fn encode_tokens(tokens: impl IntoIterator<Item = u64>, out: &mut Vec<u8>) {
+    encode_exists_answer(tokens, out);
+}
+
+/// Decodes `count` lease tokens.
+pub fn decode_tokens(meta: &[u8], count: u32) -> Result<Vec<u64>, WireError> {
+    decode_exists_answer(meta, count)
 }
 
 /// Encodes per-entry statuses (PUT_BATCH answer).
@@ -176,9 +327,7 @@ pub fn encode_statuses(statuses: impl IntoIterator<Item = Status>, out: &mut Vec
 pub fn decode_statuses(meta: &[u8], count: u32) -> Result<Vec<Status>, WireError> {
     let n = check_count(count, meta, 2)?;
     let mut c = Cursor { b: meta };
-    let v = (0..n)
-        .map(|_| c.u16().map(|s| Status::from_u16(s).unwrap_or(Status::ServerError)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let v = decode_n(n, || c.status())?;
     c.finish()?;
     Ok(v)
 }
@@ -196,9 +345,7 @@ pub fn encode_get_entries(entries: &[BatchGetEntry<'_>], out: &mut Vec<u8>) {
 pub fn decode_get_entries(meta: &[u8], count: u32) -> Result<Vec<BatchGetEntry<'_>>, WireError> {
     let n = check_count(count, meta, GET_FIXED + 1)?;
     let mut c = Cursor { b: meta };
-    let v = (0..n)
-        .map(|_| Ok(BatchGetEntry { key: c.key()?, offset: c.u64()?, length: c.u64()? }))
-        .collect::<Result<Vec<_>, WireError>>()?;
+    let v = decode_n(n, || Ok(BatchGetEntry { key: c.key()?, offset: c.u64()?, length: c.u64()? }))?;
     c.finish()?;
     Ok(v)
 }
@@ -220,8 +367,7 @@ pub fn decode_get_answers(meta: &[u8], count: u32, payload_len: u64) -> Result<V
     let mut sum: u64 = 0;
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
-        let status = Status::from_u16(c.u16()?).unwrap_or(Status::ServerError);
-        let a = BatchGetAnswer { status, length: c.u64()?, total: c.u64()?, crc: c.u32()? };
+        let a = BatchGetAnswer { status: c.status()?, length: c.u64()?, total: c.u64()?, crc: c.u32()? };
         if a.status == Status::Ok {
             sum = sum.checked_add(a.length).ok_or(WireError::BadMeta("answer lengths overflow"))?;
         } else if a.length != 0 {
@@ -288,7 +434,44 @@ mod tests {
             let _ = decode_get_answers(&meta, count, len);
             let _ = decode_exists_answer(&meta, count);
             let _ = decode_statuses(&meta, count);
+            let _ = decode_reserve_entries(&meta, count);
+            let _ = decode_grants(&meta, count);
+            let _ = decode_commits(&meta, count);
+            let _ = decode_pins(&meta, count);
+            let _ = decode_tokens(&meta, count);
         }
+
+        #[test]
+        fn one_sided_answers_and_commits_round_trip(raw in proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u32>(), any::<bool>()), 0..30)) {
+            let grants: Vec<_> = raw.iter().map(|&(a, t, _, ok)| Grant { status: if ok { Status::Ok } else { Status::NoSpace }, addr: a, token: t }).collect();
+            let mut m = Vec::new();
+            encode_grants(&grants, &mut m);
+            prop_assert_eq!(decode_grants(&m, grants.len() as u32).unwrap(), grants);
+            let commits: Vec<_> = raw.iter().map(|&(_, t, c, has)| CommitEntry { token: t, crc: has.then_some(c) }).collect();
+            let mut m = Vec::new();
+            encode_commits(&commits, &mut m);
+            prop_assert_eq!(decode_commits(&m, commits.len() as u32).unwrap(), commits);
+            let pins: Vec<_> = raw.iter().map(|&(a, t, c, ok)| Pinned { status: if ok { Status::Ok } else { Status::NotFound }, addr: a, length: a / 3, total: a / 2, crc: c, token: t }).collect();
+            let mut m = Vec::new();
+            encode_pins(&pins, &mut m);
+            prop_assert_eq!(decode_pins(&m, pins.len() as u32).unwrap(), pins);
+            let tokens: Vec<u64> = raw.iter().map(|r| r.1).collect();
+            let mut m = Vec::new();
+            encode_tokens(tokens.iter().copied(), &mut m);
+            prop_assert_eq!(decode_tokens(&m, tokens.len() as u32).unwrap(), tokens);
+        }
+    }
+
+    #[test]
+    fn reserve_entries_carry_no_payload_and_commit_flags_are_strict() {
+        let e = [BatchPutEntry { key: b"k", offset: 0, length: 10, total: 10, crc: 0 }];
+        let mut m = Vec::new();
+        encode_put_entries(&e, &mut m);
+        assert_eq!(decode_reserve_entries(&m, 1).unwrap(), e);
+        let mut m = Vec::new();
+        encode_commits(&[CommitEntry { token: 1, crc: None }], &mut m);
+        *m.last_mut().unwrap() = 2;
+        assert!(decode_commits(&m, 1).is_err());
     }
 
     #[test]

@@ -22,6 +22,17 @@ pub enum Op {
     PutBatch = 0x07,
     /// Several GETs (whole or ranged) in one frame.
     GetBatch = 0x08,
+    /// One-sided PUT, step 1: reserve arena ranges for several entries (no payload).
+    Reserve = 0x09,
+    /// One-sided PUT, step 3: check the CRC32C of reserved ranges written one-sidedly and make
+    /// them visible.
+    Commit = 0x0a,
+    /// One-sided GET, step 1: find and pin several objects, answering where their bytes are.
+    Lookup = 0x0b,
+    /// One-sided GET, step 3: unpin objects (or drop reservations) by lease token.
+    Release = 0x0c,
+    /// Bootstrap of a one-sided provider over the authenticated session (RDMA queue pairs).
+    Connect = 0x0d,
 }
 
 impl Op {
@@ -39,6 +50,11 @@ impl Op {
             0x06 => Self::NodeInfo,
             0x07 => Self::PutBatch,
             0x08 => Self::GetBatch,
+            0x09 => Self::Reserve,
+            0x0a => Self::Commit,
+            0x0b => Self::Lookup,
+            0x0c => Self::Release,
+            0x0d => Self::Connect,
             _ => return None,
         })
     }
@@ -54,6 +70,11 @@ impl Op {
             Self::NodeInfo => "node_info",
             Self::PutBatch => "put_batch",
             Self::GetBatch => "get_batch",
+            Self::Reserve => "reserve",
+            Self::Commit => "commit",
+            Self::Lookup => "lookup",
+            Self::Release => "release",
+            Self::Connect => "connect",
         }
     }
 }
@@ -86,6 +107,9 @@ pub enum Status {
     ServerError = 10,
     /// Payload bytes did not match the CRC32C of the header.
     ChecksumMismatch = 11,
+    /// A one-sided lease token is unknown: never granted, already committed or released, or
+    /// expired (the node's lease timeout).
+    LeaseExpired = 12,
 }
 
 impl Status {
@@ -104,6 +128,7 @@ impl Status {
             9 => Self::InvalidRequest,
             10 => Self::ServerError,
             11 => Self::ChecksumMismatch,
+            12 => Self::LeaseExpired,
             _ => return None,
         })
     }
@@ -123,6 +148,7 @@ impl Status {
             Self::InvalidRequest => "InvalidRequest",
             Self::ServerError => "ServerError",
             Self::ChecksumMismatch => "ChecksumMismatch",
+            Self::LeaseExpired => "LeaseExpired",
         }
     }
 }

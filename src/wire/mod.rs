@@ -15,9 +15,10 @@ mod batch;
 mod header;
 
 pub use batch::{
-    BatchGetAnswer, BatchGetEntry, BatchPutEntry, decode_exists_answer, decode_get_answers, decode_get_entries,
-    decode_keys, decode_put_entries, decode_statuses, encode_exists_answer, encode_get_answers, encode_get_entries,
-    encode_keys, encode_put_entries, encode_statuses,
+    BatchGetAnswer, BatchGetEntry, BatchPutEntry, CommitEntry, Grant, Pinned, decode_commits, decode_exists_answer,
+    decode_get_answers, decode_get_entries, decode_grants, decode_keys, decode_pins, decode_put_entries,
+    decode_reserve_entries, decode_statuses, decode_tokens, encode_commits, encode_exists_answer, encode_get_answers,
+    encode_get_entries, encode_grants, encode_keys, encode_pins, encode_put_entries, encode_statuses, encode_tokens,
 };
 pub use header::{Flags, Header, Limits, Op, Status, WireError, check_key};
 
@@ -33,7 +34,7 @@ pub const MAC_LEN: usize = 32;
 pub const MAX_KEY_LEN: usize = 512;
 /// Largest meta section (keys and batch descriptors) a peer may send.
 pub const MAX_META_LEN: usize = 1 << 20;
-/// Most entries in one batch frame (EXISTS, PUT_BATCH, GET_BATCH).
+/// Most entries in one batch frame (EXISTS, PUT_BATCH, GET_BATCH and the one-sided ops).
 pub const MAX_BATCH_ENTRIES: usize = 4096;
 /// Most payload bytes one GET_BATCH answer carries; entries past it are answered with
 /// `PayloadTooLarge` and the client fetches them one by one.

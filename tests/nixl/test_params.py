@@ -38,6 +38,12 @@ CLIENT_KEYS = {
     "mr_cache_max_gb",
     "prometheus_bind",
     "stats_interval_s",
+    "rdma_gid_index",
+    "rdma_traffic_class",
+    "rdma_service_level",
+    "rdma_timeout_secs",
+    "rdma_cq_poll_us",
+    "rdma_queue_depth",
     "config",
 }
 
@@ -63,6 +69,8 @@ def test_plugin_params_list_every_client_setting_with_defaults(bare_agent):
     assert params["staging_size_mb"] == "256"
     assert params["staging_slot_mb"] == "16"
     assert params["mr_cache_max_gb"] == "1024"
+    assert params["rdma_gid_index"] == "auto"
+    assert params["rdma_queue_depth"] == "128"
     # Required settings and ones without a default are listed empty.
     for k in ("servers", "auth_key", "license", "license_pubkey", "namespace", "config"):
         assert params[k] == "", k

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use memkv::Client;
 use memkv::auth::AuthKey;
-use memkv::config::{ClientConfig, Sources};
+use memkv::config::{ClientConfig, RdmaFlags, Sources};
 use memkv::logging::{self, LogFormat};
 
 /// MemKV: a zero-copy KV-cache block store. Store and fetch blocks, check a cluster, run the
@@ -48,7 +48,7 @@ struct ConnArgs {
     /// Key namespace [env: MEMKV_NAMESPACE]
     #[arg(long, global = true, value_name = "NS")]
     namespace: Option<String>,
-    /// tcp | rdma | auto [env: MEMKV_TRANSPORT]
+    /// auto | rdma | shm | tcp [env: MEMKV_TRANSPORT] [default: auto]
     #[arg(long, global = true, value_name = "KIND")]
     transport: Option<String>,
     /// Connections per node [env: MEMKV_NUM_CONNECTIONS] [default: 4]
@@ -84,6 +84,8 @@ struct ConnArgs {
     /// Most MR cache bytes, GiB [env: MEMKV_MR_CACHE_MAX_GB] [default: 1024]
     #[arg(long, global = true, value_name = "GB")]
     mr_cache_max_gb: Option<String>,
+    #[command(flatten)]
+    rdma: RdmaFlags,
     /// Serve client metrics at IP:PORT/metrics [env: MEMKV_PROMETHEUS_BIND]
     #[arg(long, global = true, value_name = "ADDR")]
     prometheus_bind: Option<String>,
@@ -123,6 +125,7 @@ impl ConnArgs {
             ("config", &self.config),
         ]
         .into_iter()
+        .chain(self.rdma.pairs())
         .filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v)))
         .collect()
     }

@@ -1,0 +1,363 @@
+//! Same-host shared memory: the node's arena is a memfd, handed to an authenticated client over
+//! a Unix socket (`SCM_RIGHTS`); the client maps it and a one-sided write or read is a `memcpy`
+//! into or out of its mapping, with the CRC32C taken on the way.
+//!
+//! The hand-over: on a Unix-socket session the node answers a valid HELLO with one marker byte
+//! that carries the memfd as ancillary data, then the usual HELLO answer frame. The client takes
+//! the byte with `recvmsg` before reading the answer, and keeps the mapping only if the answer
+//! authenticates (so a process that merely owns the socket path cannot feed it a fake arena).
+//! Trust model: a client that holds the cluster key can write anywhere in the arena, like an
+//! RDMA peer that holds the arena's rkey (see docs/security.md); readers never trust arena bytes
+//! without their CRC32C.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use memmap2::MmapRaw;
+use tokio::io::Interest;
+use tokio::net::{UnixListener, UnixStream};
+
+use super::onesided::{Completion, Dir, Provider, ProviderError, WorkRequest};
+
+/// Marker byte: the memfd of the arena rides on it.
+pub(crate) const MARKER_ARENA: u8 = 1;
+/// Marker byte: no arena follows (the handshake was refused; its answer frame says why).
+pub(crate) const MARKER_NONE: u8 = 0;
+
+/// Piece copied before its CRC is taken (stays in L2 cache).
+const CRC_CHUNK: usize = 256 * 1024;
+
+/// This host's identity for "is the node on my host?": the kernel's boot id, shared by every
+/// container on the host (unlike the hostname).
+pub(crate) fn host_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_string())
+}
+
+/// The socket address of `name`: `@name` is a Linux abstract socket (scoped to the network
+/// namespace, so `--net=host` containers share it; nothing to clean up), anything else a path.
+pub(crate) fn socket_addr(name: &str) -> io::Result<SocketAddr> {
+    match name.strip_prefix('@') {
+        Some(abs) => SocketAddr::from_abstract_name(abs.as_bytes()),
+        None => SocketAddr::from_pathname(name),
+    }
+}
+
+/// Binds the node's shared-memory socket. A stale socket file (nobody listening) is replaced.
+pub(crate) fn bind(name: &str) -> io::Result<UnixListener> {
+    let addr = socket_addr(name)?;
+    if !name.starts_with('@') && std::fs::symlink_metadata(name).is_ok() {
+        match std::os::unix::net::UnixStream::connect_addr(&addr) {
+            Ok(_) => {
+                return Err(io::Error::new(io::ErrorKind::AddrInUse, "another process is listening on it"));
+            }
+            Err(_) => std::fs::remove_file(name)?,
+        }
+    }
+    let l = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+    l.set_nonblocking(true)?;
+    UnixListener::from_std(l)
+}
+
+/// Connects to a node's shared-memory socket.
+pub(crate) fn connect(name: &str) -> io::Result<UnixStream> {
+    let s = std::os::unix::net::UnixStream::connect_addr(&socket_addr(name)?)?;
+    s.set_nonblocking(true)?;
+    UnixStream::from_std(s)
+}
+
+/// A memfd of `len` bytes (zero-filled, committed lazily), for the arena.
+pub(crate) fn memfd(len: u64) -> io::Result<File> {
+    // SAFETY: a valid NUL-terminated name and flags; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"memkv-arena".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    f.set_len(len)?;
+    Ok(f)
+}
+
+/// Sends the marker byte on `sock`, with `fd` attached when given. Waits (bounded by `limit`)
+/// while the socket buffer is full.
+pub(crate) async fn send_marker(sock: RawFd, fd: Option<BorrowedFd<'_>>, limit: Duration) -> io::Result<()> {
+    let marker = if fd.is_some() { MARKER_ARENA } else { MARKER_NONE };
+    let deadline = Instant::now() + limit;
+    loop {
+        match sendmsg_fd(sock, marker, fd) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn sendmsg_fd(sock: RawFd, marker: u8, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let mut byte = [marker];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    // Room for one fd, aligned for cmsghdr.
+    let mut cbuf = [0u64; 8];
+    // SAFETY: an all-zero msghdr is a valid empty message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: msg_control points at `space` bytes (≤ 64) of aligned, writable memory, so
+        // CMSG_FIRSTHDR is non-null and its data has room for one fd.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd.as_raw_fd());
+        }
+    }
+    // SAFETY: `msg` and everything it points at live across the call.
+    let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+    match n {
+        1 => Ok(()),
+        n if n < 0 => Err(io::Error::last_os_error()),
+        _ => Err(io::Error::new(io::ErrorKind::WriteZero, "marker byte not sent")),
+    }
+}
+
+/// Receives the marker byte and the fd attached to it, if any.
+pub(crate) async fn recv_marker(s: &UnixStream) -> io::Result<(u8, Option<OwnedFd>)> {
+    s.async_io(Interest::READABLE, || recvmsg_fd(s.as_raw_fd())).await
+}
+
+fn recvmsg_fd(sock: RawFd) -> io::Result<(u8, Option<OwnedFd>)> {
+    let mut byte = [0u8];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: an all-zero msghdr is a valid empty message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: `msg` points at live buffers of the stated sizes. MSG_CMSG_CLOEXEC: received fds
+    // are not inherited by children.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the node closed the connection during the handshake",
+        ));
+    }
+    let mut fd = None;
+    // SAFETY: the kernel filled msg_control/msg_controllen; the CMSG_* walkers stay inside it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>());
+                // Each received fd is ours to close; only the first one is kept.
+                let owned = OwnedFd::from_raw_fd(raw);
+                fd.get_or_insert(owned);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("the node sent more file descriptors than one arena"));
+    }
+    Ok((byte[0], fd))
+}
+
+/// Arenas mapped by this process, by the memfd's identity (device, inode): every session to a
+/// node shares one mapping, so each page of the arena is faulted in once per process, not once
+/// per session.
+static MAPPED: std::sync::Mutex<Vec<Mapped>> = std::sync::Mutex::new(Vec::new());
+
+/// A mapping of the memfd with this (device, inode).
+type Mapped = ((u64, u64), std::sync::Weak<MmapRaw>);
+
+/// The client's end of shared memory: the node's arena, mapped.
+pub(crate) struct ShmProvider {
+    map: std::sync::Arc<MmapRaw>,
+    done: Vec<Completion>,
+}
+
+impl std::fmt::Debug for ShmProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmProvider").field("arena_len", &self.map.len()).finish()
+    }
+}
+
+// SAFETY: the mapping is plain shared memory; this value only copies in and out of it.
+unsafe impl Send for ShmProvider {}
+
+impl ShmProvider {
+    /// Maps the arena memfd received from the node (or shares this process's mapping of it).
+    pub(crate) fn map(fd: OwnedFd) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let f = File::from(fd);
+        let meta = f.metadata()?;
+        if meta.len() == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "the node handed over an empty arena"));
+        }
+        let id = (meta.dev(), meta.ino());
+        let mut mapped = MAPPED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        mapped.retain(|(_, w)| w.strong_count() > 0);
+        let found = mapped.iter().find(|(k, _)| *k == id).and_then(|(_, w)| w.upgrade());
+        let map = match found.filter(|m| m.len() as u64 == meta.len()) {
+            Some(m) => m,
+            None => {
+                let m = MmapRaw::map_raw(&f)?;
+                // Fewer faults and TLB misses where the kernel backs shared memory with huge
+                // pages (`shmem_enabled` = `advise`); only a hint.
+                let _ = m.advise(memmap2::Advice::HugePage);
+                let m = std::sync::Arc::new(m);
+                mapped.push((id, std::sync::Arc::downgrade(&m)));
+                m
+            }
+        };
+        Ok(Self { map, done: Vec::new() })
+    }
+
+    fn copy(&self, w: &WorkRequest) -> Result<u32, String> {
+        if !w.host {
+            return Err("shared memory moves host memory only (GPU memory goes through staging)".into());
+        }
+        let len = self.map.len() as u64;
+        if w.remote.checked_add(w.len).is_none_or(|end| end > len) {
+            return Err(format!(
+                "arena range {}+{} lies outside the node's {len}-byte arena (the node sent a bad address)",
+                w.remote, w.len
+            ));
+        }
+        // SAFETY: in bounds (checked above).
+        let arena = unsafe { self.map.as_mut_ptr().add(w.remote as usize) };
+        let local = w.local as *mut u8;
+        let (src, dst) = match w.dir {
+            Dir::Write => (local.cast_const(), arena),
+            Dir::Read => (arena.cast_const(), local),
+        };
+        let mut crc = 0u32;
+        let mut at = 0usize;
+        while at < w.len as usize {
+            let n = CRC_CHUNK.min(w.len as usize - at);
+            // SAFETY: `post`'s contract makes the local range valid for this copy; the arena
+            // range is in bounds; the two do not overlap (the arena mapping is not caller
+            // memory). The copied chunk is then read back from cache for its CRC.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.add(at), dst.add(at), n);
+                crc = crc32c::crc32c_append(crc, std::slice::from_raw_parts(dst.add(at), n));
+            }
+            at += n;
+        }
+        Ok(crc)
+    }
+}
+
+impl Provider for ShmProvider {
+    fn kind(&self) -> &'static str {
+        "shm"
+    }
+
+    fn register(&mut self, _addr: u64, _len: u64, _host: bool) -> Result<u32, ProviderError> {
+        Ok(0)
+    }
+
+    unsafe fn post(&mut self, wrs: &[WorkRequest]) -> Result<(), ProviderError> {
+        for w in wrs {
+            let r = self.copy(w);
+            self.done.push(Completion { id: w.id, crc: r.as_ref().ok().copied(), result: r.map(drop) });
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>) -> Result<(), ProviderError> {
+        out.append(&mut self.done);
+        Ok(())
+    }
+
+    fn unregister_all(&mut self) {}
+
+    fn max_outstanding(&self) -> usize {
+        crate::wire::MAX_BATCH_ENTRIES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::onesided::{Polling, run};
+
+    fn wr(dir: Dir, local: &mut [u8], remote: u64) -> WorkRequest {
+        WorkRequest {
+            id: 0,
+            dir,
+            local: local.as_mut_ptr() as u64,
+            lkey: 0,
+            remote,
+            len: local.len() as u64,
+            host: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_arena_crosses_a_unix_socket_and_copies_carry_their_crc() {
+        let name = format!("@memkv-test-{}", std::process::id());
+        let l = bind(&name).unwrap();
+        let arena = memfd(1 << 20).unwrap();
+        let client = tokio::spawn(async move {
+            let s = connect(&name).unwrap();
+            recv_marker(&s).await.unwrap()
+        });
+        let (server_side, _) = l.accept().await.unwrap();
+        send_marker(server_side.as_raw_fd(), Some(std::os::fd::AsFd::as_fd(&arena)), Duration::from_secs(1))
+            .await
+            .unwrap();
+        let (marker, fd) = client.await.unwrap();
+        assert_eq!(marker, MARKER_ARENA);
+        let mut p = ShmProvider::map(fd.unwrap()).unwrap();
+        assert_eq!(p.map.len(), 1 << 20);
+
+        let mut src: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        let mut back = vec![0u8; src.len()];
+        let mut wrs = [wr(Dir::Write, &mut src, 4096), wr(Dir::Read, &mut back, 4096)];
+        let polling = Polling { spin: Duration::ZERO, timeout: Duration::from_secs(1) };
+        // SAFETY: both buffers outlive the run and are not touched during it.
+        let done = unsafe { run(&mut p, &mut wrs, polling) }.await.unwrap();
+        assert_eq!(back, src);
+        assert_eq!(done[0].crc, Some(crc32c::crc32c(&src)));
+        assert_eq!(done[1].crc, Some(crc32c::crc32c(&src)));
+        // The node sees the client's write through its own mapping of the memfd.
+        let node = MmapRaw::map_raw(&arena).unwrap();
+        // SAFETY: in bounds; nothing writes while this reads.
+        let seen = unsafe { std::slice::from_raw_parts(node.as_ptr().add(4096), src.len()) };
+        assert_eq!(seen, &src[..]);
+
+        let mut past = vec![0u8; 16];
+        let mut bad = [wr(Dir::Write, &mut past, (1 << 20) - 8), wr(Dir::Write, &mut past, u64::MAX)];
+        // SAFETY: as above.
+        let done = unsafe { run(&mut p, &mut bad, polling) }.await.unwrap();
+        for c in done {
+            assert!(c.result.unwrap_err().contains("outside the node's 1048576-byte arena"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_handshake_sends_no_fd() {
+        let (a, b) = UnixStream::pair().unwrap();
+        send_marker(a.as_raw_fd(), None, Duration::from_secs(1)).await.unwrap();
+        let (m, fd) = recv_marker(&b).await.unwrap();
+        assert_eq!((m, fd.is_none()), (MARKER_NONE, true));
+        drop(a);
+        assert_eq!(recv_marker(&b).await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
