@@ -29,8 +29,10 @@ Usage: launch-dynamo-memkv.sh --model DIR [options]
   -h, --help           this text
 
 Environment: MEMKV_SERVERS and MEMKV_AUTH_KEY (required) and every other MEMKV_* variable are
-passed into the container. MEMKV_TRANSPORT other than tcp (default auto) adds the RDMA flags
-(--device=/dev/infiniband --cap-add=IPC_LOCK --ulimit memlock=-1). Optional KVBM overlays:
+passed into the container. MEMKV_TRANSPORT auto (the default) or rdma adds the RDMA flags
+(--device=/dev/infiniband --cap-add=IPC_LOCK --ulimit memlock=-1); shm and tcp do not (shm
+reaches nodes on this host through their abstract socket, visible thanks to --net=host).
+Optional KVBM overlays:
 KVBM_CORE_SO (a rebuilt KVBM cdylib, lib_core.so) and KVBM_PY_SRC (a kvbm Python package
 directory) are bind-mounted over the image's kvbm package at KVBM_PACKAGE_DIR
 (default /opt/dynamo/venv/lib/python3.12/site-packages/kvbm).
@@ -97,8 +99,8 @@ elif ! [[ $key =~ ^[0-9a-fA-F]{64}$ ]]; then
 fi
 transport=${MEMKV_TRANSPORT:-auto}
 case ${transport,,} in
-  tcp | rdma | auto) ;;
-  *) problem "MEMKV_TRANSPORT=$transport: expected tcp, rdma or auto" ;;
+  auto | rdma | shm | tcp) ;;
+  *) problem "MEMKV_TRANSPORT=$transport: expected auto, rdma, shm or tcp" ;;
 esac
 [ -z "${KVBM_CORE_SO:-}" ] || [ -f "$KVBM_CORE_SO" ] || problem "KVBM_CORE_SO=$KVBM_CORE_SO does not exist"
 [ -z "${KVBM_PY_SRC:-}" ] || [ -d "$KVBM_PY_SRC" ] || problem "KVBM_PY_SRC=$KVBM_PY_SRC is not a directory"
@@ -134,9 +136,9 @@ model_name=$(basename "$model")
 kvbm_dir=${KVBM_PACKAGE_DIR:-/opt/dynamo/venv/lib/python3.12/site-packages/kvbm}
 cmd=(docker run --rm --name "$name"
   --runtime=nvidia --gpus all --net=host --shm-size=64g --ipc=host)
-if [ "${transport,,}" != tcp ]; then
-  cmd+=(--device=/dev/infiniband --cap-add=IPC_LOCK --ulimit memlock=-1)
-fi
+case ${transport,,} in
+  auto | rdma) cmd+=(--device=/dev/infiniband --cap-add=IPC_LOCK --ulimit memlock=-1) ;;
+esac
 cmd+=(-v "$(realpath "$plugin"):/opt/nvidia/nvda_nixl/lib/plugins/libplugin_MEMKV.so:ro"
   -v "$(realpath "$license"):/etc/memkv/minio.license:ro"
   -v "$(realpath "$model"):/models/$model_name:ro")
