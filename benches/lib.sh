@@ -2,7 +2,9 @@
 # shellcheck disable=SC2154 # $bin is set by the script that sources this file
 # Shared by the benchmark scripts (sourced, not run): a throw-away dev cluster on loopback.
 #   bench_setup            work dir in $work, cleanup on exit (kills everything in $pids)
-#   bench_credentials      a dev signing key, license and cluster key, exported as MEMKV_*
+#   bench_credentials      a dev signing key, license and cluster key, exported as MEMKV_*; also
+#                          MEMKV_TRANSPORT=tcp unless set (the node is on this host, where `auto`
+#                          would pick shared memory; benches/shm.sh compares the two)
 #   bench_node IP PORT MEM starts memkv-server on IP:PORT and waits for its ready line
 # Needs $bin (the directory holding memkv and memkv-server).
 
@@ -24,6 +26,7 @@ bench_credentials() {
   "$bin/memkv" license issue --signing-key "$work/sign.key" --licensee bench --days 1 > "$work/lic"
   MEMKV_AUTH_KEY=$("$bin/memkv" keygen)
   export MEMKV_LICENSE_PUBKEY MEMKV_AUTH_KEY MEMKV_LICENSE=$work/lic
+  export MEMKV_TRANSPORT=${MEMKV_TRANSPORT:-tcp}
 }
 
 bench_node() {

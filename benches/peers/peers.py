@@ -37,8 +37,9 @@ sys.path.insert(0, str(ROOT / "benches"))
 from nixl_kv import size as parse_size  # noqa: E402
 
 GIB = float(1 << 30)
-# Peers of MemKV's TCP path. nixl-ucx-shm is the peer of a same-host transport, which MemKV does
-# not have yet: it is measured and shown, but not counted as "best peer" of a TCP path.
+# Peers of MemKV's TCP path (`memkv` runs with --transport tcp here). nixl-ucx-shm is the peer of
+# a same-host transport (benches/shm.sh measures MemKV's): shown, not counted as "best peer" of a
+# TCP path.
 TCP_PEERS = ["redis", "mooncake", "nixl-ucx-tcp"]
 
 
@@ -65,7 +66,7 @@ def human(n):
 
 
 def memkv(a, block):
-    rows = run_json([a.bin / "memkv", "bench", "--op", "both", "--size", str(block), "--connections", "4",
+    rows = run_json([a.bin / "memkv", "--transport", "tcp", "bench", "--op", "both", "--size", str(block), "--connections", "4",
                      "--inflight", "32", "--duration", str(a.seconds), "--json", "--no-progress"])
     out = {}
     for r in rows:
