@@ -12,8 +12,10 @@
 //!   index's reference);
 //! - a lease lives until it is committed or released, the session ends (the client died: the
 //!   socket closed), or it expires (`lease_timeout`). An expired lease's token is forgotten
-//!   (COMMIT/RELEASE get `LeaseExpired`), but its memory stays allocated until the session ends,
-//!   because the peer may still be writing or reading it one-sidedly;
+//!   (COMMIT/RELEASE get `LeaseExpired`), but its memory stays allocated for one more lease
+//!   period (or until the session ends, if sooner), because the peer may still be writing or
+//!   reading it one-sidedly: a client gives up on a transfer after `MEMKV_RDMA_TIMEOUT_SECS`
+//!   and destroys its queue pair, so a second period leaves no access in flight;
 //! - tokens are per session, so one session can never name another's leases.
 
 use std::collections::HashMap;
@@ -40,8 +42,8 @@ enum Lease {
 pub(crate) struct Leases {
     next: u64,
     live: HashMap<u64, (Instant, Lease)>,
-    /// Expired leases whose memory waits for the end of the session.
-    quarantine: Vec<Lease>,
+    /// Expired leases, by expiry time: their memory is freed one lease period later.
+    quarantine: Vec<(Instant, Lease)>,
     timeout: Duration,
 }
 
@@ -74,14 +76,19 @@ impl Leases {
         Some(l)
     }
 
-    /// Leases granted and not yet committed, released or expired.
-    pub(crate) fn live(&self) -> usize {
-        self.live.len()
+    /// Leases granted and not yet committed or released, expired ones included until their
+    /// memory is freed.
+    pub(crate) fn held(&self) -> usize {
+        self.live.len() + self.quarantine.len()
     }
 
-    /// Revokes leases older than the timeout. Returns how many.
+    /// Revokes leases older than the timeout (returns how many), and frees the memory of those
+    /// revoked a lease period ago.
     pub(crate) fn expire(&mut self, ctx: &Ctx, now: Instant) -> usize {
         let timeout = self.timeout;
+        let before = self.quarantine.len();
+        self.quarantine.retain(|(at, _)| now.saturating_duration_since(*at) < timeout);
+        ctx.stats.leases.fetch_sub((before - self.quarantine.len()) as u64, Ordering::Relaxed);
         let old: Vec<u64> = self
             .live
             .iter()
@@ -97,7 +104,7 @@ impl Leases {
                     ctx.stats.leases.fetch_sub(1, Ordering::Relaxed);
                     drop(ctx.store.finish_part(w, false));
                 }
-                other => self.quarantine.push(other),
+                other => self.quarantine.push((now, other)),
             }
         }
         old.len()
@@ -326,7 +333,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn expired_leases_are_forgotten_but_their_memory_is_held_until_the_session_ends() {
+    async fn expired_leases_are_forgotten_and_their_memory_is_freed_one_lease_period_later() {
         let ctx = Ctx::for_tests(256, Duration::from_millis(10));
         let mut l = Leases::new(ctx.lease_timeout);
         let g = l.reserve(&ctx, &reserve_meta(&[(b"k", 0, 128, 128)]), 1).unwrap();
@@ -336,6 +343,14 @@ mod tests {
         assert_eq!(c.statuses, vec![Status::LeaseExpired]);
         assert_eq!(ctx.store.arena().used(), 128, "a late one-sided write may still land there");
         assert_eq!(leases(&ctx), 1);
+        assert_eq!(l.expire(&ctx, later + Duration::from_millis(5)), 0);
+        assert_eq!(ctx.store.arena().used(), 128, "held for a whole lease period");
+        assert_eq!(l.expire(&ctx, later + Duration::from_millis(20)), 0);
+        assert_eq!((ctx.store.arena().used(), leases(&ctx), l.held()), (0, 0, 0), "freed one period later");
+        // At the end of the session everything goes at once.
+        let g = l.reserve(&ctx, &reserve_meta(&[(b"k", 0, 128, 128)]), 1).unwrap();
+        assert_eq!(g[0].status, Status::Ok);
+        l.expire(&ctx, Instant::now() + Duration::from_millis(20));
         l.close(&ctx);
         assert_eq!((ctx.store.arena().used(), leases(&ctx)), (0, 0));
     }

@@ -333,10 +333,10 @@ impl<R: AsyncRead + Unpin> Conn<R> {
             let next = tokio::select! {
                 f = self.rd.read_head() => f,
                 _ = shutdown.wait_for(|s| *s) => return,
-                _ = sweep.tick(), if self.leases.live() > 0 => {
+                _ = sweep.tick(), if self.leases.held() > 0 => {
                     let n = self.leases.expire(&self.ctx, Instant::now());
                     if n > 0 {
-                        tracing::warn!(peer = %self.peer, leases = n, "one-sided leases expired (MEMKV_LEASE_TIMEOUT_MS); their memory is held until the session ends");
+                        tracing::warn!(peer = %self.peer, leases = n, "one-sided leases expired (MEMKV_LEASE_TIMEOUT_MS); their memory is freed one lease period later");
                     }
                     continue;
                 }
