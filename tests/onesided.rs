@@ -269,3 +269,16 @@ fn a_node_started_with_an_unusable_rdma_device_says_why_and_exits() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--rdma-device / MEMKV_RDMA_DEVICE") && err.contains("RDMA is unavailable"), "{err}");
 }
+
+#[test]
+fn a_node_that_requires_payload_macs_offers_no_one_sided_transport() {
+    let creds = Creds::new();
+    let node = Node::start(&creds, "127.0.10.8", &["--require-payload-mac"]);
+    assert!(node.status()["transports"]["shm"].is_null());
+    let client = creds.client(&[&node], &[]);
+    runtime().block_on(async {
+        client.put(b"k", block(1000, 3)).await.unwrap();
+        assert_eq!(client.get(b"k").await.unwrap(), Some(block(1000, 3)));
+    });
+    assert!(requests(&node, "put") == 1 && requests(&node, "commit") == 0);
+}

@@ -294,8 +294,15 @@ pub struct Server {
 
 impl Server {
     /// Verifies the license, allocates the arena and binds both ports.
-    pub async fn bind(cfg: ServerConfig, license: License) -> Result<Self, StartError> {
+    pub async fn bind(mut cfg: ServerConfig, license: License) -> Result<Self, StartError> {
         license.check_capacity(cfg.memory)?;
+        if cfg.require_payload_mac && (cfg.shm_socket.is_some() || cfg.rdma_device.is_some()) {
+            // One-sided bytes travel outside frames, so they carry no payload MAC.
+            tracing::warn!(
+                "--require-payload-mac: shared memory and RDMA are off (one-sided transfers carry no payload MAC)"
+            );
+            (cfg.shm_socket, cfg.rdma_device) = (None, None);
+        }
         // Same-host clients map the arena: it lives in a memfd then.
         let arena = match cfg.shm_socket {
             Some(_) => arena::Arena::shared(cfg.memory),

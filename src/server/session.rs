@@ -501,8 +501,11 @@ impl<R: AsyncRead + Unpin> Conn<R> {
                 "this node has no RDMA device (start it with --rdma-device / MEMKV_RDMA_DEVICE); use TCP or, on the node's host, shared memory",
             );
         };
-        let accepted = QpInfo::decode(meta).and_then(|theirs| rdma.accept(&theirs));
-        match accepted {
+        let theirs = match QpInfo::decode(meta) {
+            Ok(t) => t,
+            Err(e) => return Reply::error(h, Status::InvalidRequest, format!("bad CONNECT: {e}")),
+        };
+        match rdma.accept(&theirs) {
             Ok((ours, qp)) => {
                 self.qps.push(qp);
                 Reply { meta: ours.encode(), ..Reply::new(h, Status::Ok) }
