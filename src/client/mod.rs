@@ -379,7 +379,17 @@ impl Client {
         license.check_nodes(cfg.servers.len())?;
         let rdma = match cfg.transport {
             Transport::Tcp | Transport::Shm => Err(format!("MEMKV_TRANSPORT={}", cfg.transport)),
-            Transport::Auto | Transport::Rdma => ClientRdma::open(&cfg.mem.rdma_devices, cfg.rdma),
+            Transport::Auto | Transport::Rdma => ClientRdma::open(&cfg.mem.rdma_devices, cfg.rdma).map(|mut r| {
+                // The process's GPU is CUDA ordinal 0 (a TP rank sees its own GPU first): its
+                // connections go to the NIC closest to it on the PCIe tree (MEMKV_GPU_NIC_MAP
+                // overrides), else round-robin over every NIC.
+                let closest = crate::topo::chooser(std::path::Path::new("/"), &r.device_names(), &cfg.mem.gpu_nic_map);
+                if let Some(nic) = closest(0) {
+                    tracing::info!(nic = %nic, "RDMA connections use the NIC closest to GPU 0");
+                    r.prefer(&nic);
+                }
+                r
+            }),
         };
         if cfg.payload_mac && matches!(cfg.transport, Transport::Rdma | Transport::Shm) {
             return Err(ClientError::Unsupported(format!(

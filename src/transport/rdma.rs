@@ -399,6 +399,9 @@ pub(crate) struct NodeQp {
 #[derive(Debug)]
 pub(crate) struct ClientRdma {
     devs: Vec<Arc<Dev>>,
+    /// Indices into `devs` that connections cycle through: the GPU's closest NIC only, when
+    /// [`prefer`](Self::prefer) named one; else every NIC.
+    order: Vec<usize>,
     cfg: RdmaConfig,
 }
 
@@ -414,7 +417,8 @@ impl ClientRdma {
                 d.port.max_qp_wr.min(d.port.max_cqe)
             ));
         }
-        Ok(Self { devs, cfg })
+        let order = (0..devs.len()).collect();
+        Ok(Self { devs, order, cfg })
     }
 
     /// The opened NICs' names, in the order connections are spread over them.
@@ -422,9 +426,18 @@ impl ClientRdma {
         self.devs.iter().map(|d| d.name.clone()).collect()
     }
 
-    /// Creates a queue pair (in INIT) on NIC `slot % n` and returns its info for CONNECT.
+    /// Puts every connection on NIC `name` (the one the PCIe affinity map picks for this
+    /// process's GPU); an unknown name changes nothing.
+    pub(crate) fn prefer(&mut self, name: &str) {
+        if let Some(i) = self.devs.iter().position(|d| d.name == name) {
+            self.order = vec![i];
+        }
+    }
+
+    /// Creates a queue pair (in INIT) on the `slot`-th NIC of the connection order and returns
+    /// its info for CONNECT.
     pub(crate) fn prepare(&self, slot: usize) -> Result<(QpInfo, PendingQp), String> {
-        let dev = Arc::clone(&self.devs[slot % self.devs.len()]);
+        let dev = Arc::clone(&self.devs[self.order[slot % self.order.len()]]);
         let depth = self.cfg.queue_depth.max(1);
         let mut cq = dev
             .ctx
