@@ -648,7 +648,8 @@ impl Client {
         let k = self.wire_key(key)?;
         let idx = self.inner.placement.owner(&k);
         let session = self.session(&self.inner.nodes[idx]).await?;
-        if session.is_one_sided() {
+        // Small writes go inline: a round trip costs more than their bytes.
+        if session.is_one_sided() && value.len() as u64 > wire::INLINE_MAX {
             let meta = Self::one_entry(&k, offset, &value, total);
             let s = self.put_one_sided(idx, &session, meta, &[&value]).await?;
             return match s.first() {
@@ -853,11 +854,13 @@ impl Client {
         join_all(calls).await.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
     }
 
-    /// Sends one group of a prepared PUT batch: one-sidedly on a session with a provider, else
-    /// as one PUT_BATCH. Returns each entry's status.
+    /// Sends one group of a prepared PUT batch: one-sidedly on a session with a provider (unless
+    /// the group is small: [`wire::INLINE_MAX`]), else as one PUT_BATCH. Returns each entry's
+    /// status.
     async fn put_group(&self, g: &PutGroup, data: &[Bytes]) -> Result<Vec<Status>, ClientError> {
         let session = self.session(&self.inner.nodes[g.idx]).await?;
-        if session.is_one_sided() {
+        let bytes: u64 = g.members.iter().map(|&i| data[i].len() as u64).sum();
+        if session.is_one_sided() && bytes > wire::INLINE_MAX {
             let bytes: Vec<&[u8]> = g.members.iter().map(|&i| &data[i][..]).collect();
             return self.put_one_sided(g.idx, &session, g.meta.clone(), &bytes).await;
         }

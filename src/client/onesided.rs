@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::session::{Outgoing, Session, Targets};
-use super::{Client, ClientError, Got, Node, Path, SessionError};
+use super::{Client, ClientError, Got, Node, Path, SessionError, deliver};
 use crate::config::{ServerAddr, Transport, default_shm_socket};
 use crate::transport::onesided::{self, Completion, Dir, Polling, Provider, WorkRequest};
 use crate::transport::rdma::QpInfo;
@@ -249,7 +249,7 @@ impl Client {
             return Err(self.protocol(idx, "LOOKUP answer count differs from the request".into()));
         }
         let mut pinned = Vec::with_capacity(count);
-        pinned.extend((0..count).filter(|&j| pins[j].status == Status::Ok));
+        pinned.extend((0..count).filter(|&j| pins[j].status == Status::Ok && pins[j].addr != wire::INLINE_ADDR));
         let read = self.read_pinned(idx, session, &pins, &pinned, targets, keys).await;
         // Pins are released whatever happened to the reads (a failed session releases them all),
         // without waiting for the answer: the bytes are ours already.
@@ -263,8 +263,21 @@ impl Client {
         let mut got = read?;
         let node = || self.inner.nodes[idx].name.clone();
         let mut out = Vec::with_capacity(count);
+        // Small entries came inline, in entry order, in the answer's payload.
+        let mut at = 0usize;
         for (j, p) in pins.iter().enumerate() {
             out.push(match p.status {
+                Status::Ok if p.addr == wire::INLINE_ADDR => {
+                    let end = at + p.length as usize;
+                    let part = r.payload.get(at..end).map(|_| r.payload.slice(at..end)).ok_or_else(|| {
+                        self.protocol(idx, "LOOKUP answer payload shorter than its inline entries".into())
+                    })?;
+                    at = end;
+                    if crc32c::crc32c(&part) != p.crc {
+                        return Err(ClientError::Checksum { node: node(), key: keys(j) });
+                    }
+                    Some(deliver(part, targets.map(|t| &t[j]), &node)?)
+                }
                 Status::Ok => got[j].take(),
                 Status::NotFound => None,
                 s => {
@@ -276,6 +289,9 @@ impl Client {
                     });
                 }
             });
+        }
+        if at != r.payload.len() {
+            return Err(self.protocol(idx, "LOOKUP answer payload longer than its inline entries".into()));
         }
         Ok(out)
     }

@@ -47,6 +47,12 @@ pub(crate) struct Leases {
     timeout: Duration,
 }
 
+/// A LOOKUP's answer: an entry per key, and the bytes of the entries answered inline.
+pub(crate) struct Looked {
+    pub(crate) pins: Vec<Pinned>,
+    pub(crate) inline: Vec<(Arc<Object>, std::ops::Range<usize>)>,
+}
+
 /// Outcome of one COMMIT entry.
 pub(crate) struct Committed {
     pub(crate) statuses: Vec<Status>,
@@ -178,12 +184,15 @@ impl Leases {
         Ok(out)
     }
 
-    /// LOOKUP: pins each object and answers where its wanted bytes are.
-    pub(crate) async fn lookup(&mut self, ctx: &Ctx, meta: &[u8], count: u32) -> Result<Vec<Pinned>, WireError> {
+    /// LOOKUP: pins each object and answers where its wanted bytes are; small ones
+    /// ([`INLINE_MAX`](wire::INLINE_MAX)) are answered inline instead: their ranges are returned
+    /// for the answer's payload, in entry order.
+    pub(crate) async fn lookup(&mut self, ctx: &Ctx, meta: &[u8], count: u32) -> Result<Looked, WireError> {
         let entries = wire::decode_get_entries(meta, count)?;
         let found = futures_util::future::join_all(entries.iter().map(|e| ctx.lookup(e.key))).await;
         let none = |status| Pinned { status, addr: 0, length: 0, total: 0, crc: 0, token: 0 };
-        Ok(entries
+        let mut inline = Vec::new();
+        let pins = entries
             .iter()
             .zip(found)
             .map(|(e, obj)| {
@@ -193,7 +202,12 @@ impl Leases {
                 };
                 let length = range.len() as u64;
                 let crc = if length == obj.len() { obj.crc() } else { crc32c::crc32c(&obj.bytes()[range.clone()]) };
-                let (addr, total) = (obj.arena_offset() + range.start as u64, obj.len());
+                let total = obj.len();
+                if length <= wire::INLINE_MAX {
+                    inline.push((obj, range));
+                    return Pinned { status: Status::Ok, addr: wire::INLINE_ADDR, length, total, crc, token: 0 };
+                }
+                let addr = obj.arena_offset() + range.start as u64;
                 Pinned {
                     status: Status::Ok,
                     addr,
@@ -203,7 +217,8 @@ impl Leases {
                     token: self.grant(ctx, Lease::Pin { _object: obj }),
                 }
             })
-            .collect())
+            .collect();
+        Ok(Looked { pins, inline })
     }
 
     /// RELEASE: drops pins (and abandoned reservations).
@@ -284,32 +299,40 @@ mod tests {
     async fn reserve_write_commit_then_lookup_read_release() {
         let ctx = Ctx::for_tests(1 << 20, Duration::from_secs(30));
         let mut l = Leases::new(ctx.lease_timeout);
-        let g = l.reserve(&ctx, &reserve_meta(&[(b"a", 0, 100, 100), (b"b", 0, 5, 10), (b"b", 5, 5, 10)]), 3).unwrap();
+        let big = vec![7u8; 20_000];
+        let g = l
+            .reserve(&ctx, &reserve_meta(&[(b"a", 0, 20_000, 20_000), (b"b", 0, 5, 10), (b"b", 5, 5, 10)]), 3)
+            .unwrap();
         assert!(g.iter().all(|g| g.status == Status::Ok), "{g:?}");
         assert_eq!(leases(&ctx), 3);
-        write(&ctx, g[0].addr, &[7u8; 100]);
+        write(&ctx, g[0].addr, &big);
         write(&ctx, g[1].addr, b"hello");
         write(&ctx, g[2].addr, b"world");
         assert!(ctx.store.get(b"a").is_none(), "nothing is visible before COMMIT");
         let commits = [
-            CommitEntry { token: g[0].token, crc: Some(crc32c::crc32c(&[7u8; 100])) },
+            CommitEntry { token: g[0].token, crc: Some(crc32c::crc32c(&big)) },
             CommitEntry { token: g[1].token, crc: Some(crc32c::crc32c(b"hello")) },
             CommitEntry { token: g[2].token, crc: None },
         ];
         let c = l.commit(&ctx, &commit_meta(&commits), 3).unwrap();
         assert_eq!(c.statuses, vec![Status::Ok; 3]);
-        assert_eq!(c.bytes, 110);
+        assert_eq!(c.bytes, 20_010);
         assert_eq!(leases(&ctx), 0);
         assert_eq!(ctx.store.get(b"b").unwrap().bytes(), b"helloworld");
 
-        let p = l.lookup(&ctx, &lookup_meta(&[b"a", b"b", b"nope"]), 3).await.unwrap();
+        let looked = l.lookup(&ctx, &lookup_meta(&[b"a", b"b", b"nope"]), 3).await.unwrap();
+        let p = &looked.pins;
         assert_eq!((p[0].status, p[1].status, p[2].status), (Status::Ok, Status::Ok, Status::NotFound));
-        assert_eq!(read(&ctx, p[1].addr, p[1].length), b"helloworld");
-        assert_eq!(p[1].crc, crc32c::crc32c(b"helloworld"));
-        assert_eq!(leases(&ctx), 2);
+        assert_eq!(read(&ctx, p[0].addr, p[0].length), big, "a large object is pinned in place");
+        assert_eq!(p[0].crc, crc32c::crc32c(&big));
+        // A small one comes inline, with no lease.
+        assert_eq!((p[1].addr, p[1].token, p[1].crc), (wire::INLINE_ADDR, 0, crc32c::crc32c(b"helloworld")));
+        assert_eq!(looked.inline.len(), 1);
+        assert_eq!(&looked.inline[0].0.bytes()[looked.inline[0].1.clone()], b"helloworld");
+        assert_eq!(leases(&ctx), 1);
         let mut m = Vec::new();
-        wire::encode_tokens([p[0].token, p[1].token, 999], &mut m);
-        assert_eq!(l.release(&ctx, &m, 3).unwrap(), vec![Status::Ok, Status::Ok, Status::LeaseExpired]);
+        wire::encode_tokens([p[0].token, 999], &mut m);
+        assert_eq!(l.release(&ctx, &m, 2).unwrap(), vec![Status::Ok, Status::LeaseExpired]);
         assert_eq!(leases(&ctx), 0);
     }
 
@@ -357,18 +380,20 @@ mod tests {
 
     #[tokio::test]
     async fn eviction_never_frees_a_pinned_or_reserved_range() {
-        let ctx = Ctx::for_tests(256, Duration::from_secs(30));
+        const N: u64 = 32 << 10; // above INLINE_MAX: LOOKUP pins it
+        let ctx = Ctx::for_tests(2 * N, Duration::from_secs(30));
         let mut l = Leases::new(ctx.lease_timeout);
-        let g = l.reserve(&ctx, &reserve_meta(&[(b"a", 0, 128, 128)]), 1).unwrap();
-        write(&ctx, g[0].addr, &[1u8; 128]);
+        let g = l.reserve(&ctx, &reserve_meta(&[(b"a", 0, N, N)]), 1).unwrap();
+        write(&ctx, g[0].addr, &[1u8; N as usize]);
         l.commit(&ctx, &commit_meta(&[CommitEntry { token: g[0].token, crc: None }]), 1).unwrap();
-        let p = l.lookup(&ctx, &lookup_meta(&[b"a"]), 1).await.unwrap();
-        let r = l.reserve(&ctx, &reserve_meta(&[(b"b", 0, 128, 128)]), 1).unwrap();
+        let p = l.lookup(&ctx, &lookup_meta(&[b"a"]), 1).await.unwrap().pins;
+        assert_ne!(p[0].addr, wire::INLINE_ADDR);
+        let r = l.reserve(&ctx, &reserve_meta(&[(b"b", 0, N, N)]), 1).unwrap();
         assert_eq!(r[0].status, Status::Ok);
         // The arena is full: a third object can only evict "a", whose memory the pin holds.
-        assert_eq!(ctx.store.reserve(128).err().map(|e| e.status()), Some(Status::NoSpace));
+        assert_eq!(ctx.store.reserve(N).err().map(|e| e.status()), Some(Status::NoSpace));
         assert!(ctx.store.get(b"a").is_none(), "evicted from the index");
-        assert_eq!(read(&ctx, p[0].addr, 128), vec![1u8; 128], "the pinned bytes are intact");
+        assert_eq!(read(&ctx, p[0].addr, N), vec![1u8; N as usize], "the pinned bytes are intact");
         assert_ne!(r[0].addr, p[0].addr);
         l.close(&ctx);
         assert_eq!(ctx.store.arena().used(), 0);

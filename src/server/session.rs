@@ -472,10 +472,11 @@ impl<R: AsyncRead + Unpin> Conn<R> {
                     Err(e) => Err(e),
                 }
             }
-            Op::Lookup => self.leases.lookup(&ctx, meta, h.count).await.map(|p| {
-                ctx.stats.add_out(p.iter().map(|p| p.length).sum());
-                wire::encode_pins(&p, &mut r.meta);
-                p.len()
+            Op::Lookup => self.leases.lookup(&ctx, meta, h.count).await.map(|l| {
+                ctx.stats.add_out(l.pins.iter().map(|p| p.length).sum());
+                wire::encode_pins(&l.pins, &mut r.meta);
+                r.body = Body::Objects(l.inline);
+                l.pins.len()
             }),
             Op::Release => self.leases.release(&ctx, meta, h.count).map(|s| {
                 wire::encode_statuses(s.iter().copied(), &mut r.meta);

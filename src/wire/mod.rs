@@ -39,5 +39,11 @@ pub const MAX_BATCH_ENTRIES: usize = 4096;
 /// Most payload bytes one GET_BATCH answer carries; entries past it are answered with
 /// `PayloadTooLarge` and the client fetches them one by one.
 pub const MAX_BATCH_PAYLOAD: u64 = 64 << 20;
+/// LOOKUP answers objects (or ranges) of at most this many bytes inline, in the answer's payload,
+/// instead of pinning them: at that size a round trip costs more than the bytes. Clients send
+/// PUTs of such sizes inline too.
+pub const INLINE_MAX: u64 = 16 << 10;
+/// `addr` of a LOOKUP answer entry whose bytes are in the answer's payload (no lease).
+pub const INLINE_ADDR: u64 = u64::MAX;
 /// EXISTS answer for an absent key.
 pub const ABSENT: u64 = u64::MAX;
