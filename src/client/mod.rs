@@ -656,7 +656,7 @@ impl Client {
                 Some(Status::Ok) => Ok(()),
                 s => Err(ClientError::Server {
                     node: self.inner.nodes[idx].name.clone(),
-                    op: Op::Reserve.name(),
+                    op: Op::Put.name(),
                     status: s.copied().unwrap_or(Status::ServerError),
                     message: format!("entry for key {:?}", String::from_utf8_lossy(key)),
                 }),

@@ -57,8 +57,9 @@ impl Client {
         Polling { spin: r.cq_poll, timeout: r.timeout }
     }
 
-    /// Chooses how to reach `node` (once per node) and logs the choice and the reason. Returns
-    /// the session opened on the way, for the caller's slot.
+    /// Chooses how to reach `node` (at the first connection to it, again after a failed one) and
+    /// logs the choice and the reason. Returns the session opened on the way, for the caller's
+    /// slot.
     ///
     /// A node on this host is found first by the shared-memory socket a node listening on the
     /// address we dial has by default (`@memkv-<addr>`: abstract sockets are scoped to the network
@@ -400,8 +401,8 @@ impl Client {
         ClientError::Protocol { node: self.inner.nodes[idx].name.clone(), why }
     }
 
-    /// Bytes of one whole-object PUT as a one-entry batch (the single-key API on one-sided
-    /// sessions).
+    /// The RESERVE entry table of one PUT (whole or ranged): the single-key API on one-sided
+    /// sessions.
     pub(super) fn one_entry(key: &[u8], offset: u64, value: &Bytes, total: u64) -> Vec<u8> {
         let mut meta = Vec::new();
         let e = wire::BatchPutEntry { key, offset, length: value.len() as u64, total, crc: 0 };

@@ -4,7 +4,8 @@
 //! PUT: RESERVE hands out an arena range per entry (a lease), the client writes the bytes
 //! one-sidedly (RDMA WRITE, or a `memcpy` into the shared arena), COMMIT checks their CRC32C and
 //! makes them visible exactly as a PUT_BATCH would. GET: LOOKUP pins each object (a lease) and
-//! answers where its bytes are; the client reads them one-sidedly and RELEASEs the pins.
+//! answers where its bytes are; the client reads them one-sidedly and RELEASEs the pins. Entries
+//! of at most `INLINE_MAX` bytes are answered inline in LOOKUP's payload instead, unpinned.
 //!
 //! Invariants:
 //! - a leased range is never handed to anyone else: a reservation is an unpublished `SlotMut`
