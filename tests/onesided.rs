@@ -287,3 +287,27 @@ fn a_node_that_requires_payload_macs_offers_no_one_sided_transport() {
     });
     assert!(requests(&node, "put") == 1 && requests(&node, "commit") == 0);
 }
+
+#[test]
+fn a_node_restarted_without_shared_memory_is_reached_over_tcp_after_the_reconnect() {
+    let creds = Creds::new();
+    let mut node = Node::start(&creds, "127.0.10.9", &[]);
+    let port = node.data.port().to_string();
+    let client = creds.client(&[&node], &[]);
+    let rt = runtime();
+    rt.block_on(client.put(b"before", block(64 << 10, 1))).unwrap();
+    assert!(requests(&node, "commit") > 0, "first over shared memory");
+    node.kill();
+    let node = Node::start_on(&creds, "127.0.10.9", &port, &["--shm-socket", "off"]);
+    // The first attempts fail on the dead sessions or inside the reconnect backoff; then the
+    // client chooses again and finds only TCP.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    rt.block_on(async {
+        while client.put(b"after", block(64 << 10, 2)).await.is_err() {
+            assert!(Instant::now() < deadline, "the restarted node never became reachable");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(client.get(b"after").await.unwrap(), Some(block(64 << 10, 2)));
+    });
+    assert!(requests(&node, "put") > 0 && requests(&node, "commit") == 0);
+}
