@@ -26,7 +26,7 @@ struct Args {
     /// Admin HTTP address [env: MEMKV_ADMIN_LISTEN] [default: data port + 1]
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
-    /// Unix socket for same-host shared memory: auto, off, a path or @name [env: MEMKV_SHM_SOCKET] [default: auto, @memkv-<listen>]
+    /// Unix socket for same-host shared memory: auto (@memkv-LISTEN), off, a path or @name [env: MEMKV_SHM_SOCKET] [default: auto]
     #[arg(long, value_name = "PATH|@NAME")]
     shm_socket: Option<String>,
     /// RDMA device for one-sided transfers, e.g. mlx5_0 [env: MEMKV_RDMA_DEVICE] [default: none]

@@ -15,9 +15,10 @@
 //!
 //! **Never run on hardware so far** (the development host has no RDMA device and no InfiniBand
 //! kernel support, and no RDMA host has run it yet): everything past `DeviceList::new()` —
-//! [`open_devices`] after the device list, [`open_dev`], [`roce_v2_gid`], [`NodeRdma::open`]'s
-//! registration and CQ, [`NodeRdma::accept`], [`ClientRdma::prepare`], [`PendingQp::complete`],
-//! [`create_qp`], [`connect`], and [`VerbsProvider`]'s `register`, `post` and `poll`. Here only the
+//! [`open_devices`] after the device list, [`open_dev`], [`roce_v2_gid`], [`ClientRdma::prefer`],
+//! [`NodeRdma::open`]'s registration and CQ, [`NodeRdma::accept`], [`ClientRdma::prepare`],
+//! [`PendingQp::complete`], [`create_qp`], [`connect`], and [`VerbsProvider`]'s `register`, `post`
+//! and `poll`. Here only the
 //! [`QpInfo`] codec, the pure helpers ([`covering`], [`check_bounds`], [`status_name`]) and the
 //! clean failure without RDMA are tested. On a host with an RDMA NIC (port 1 active),
 //! `cargo test --lib transport::rdma` also runs a one-NIC loopback WRITE + READ through all of
