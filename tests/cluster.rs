@@ -8,29 +8,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Creds, Node, runtime};
+use common::{Creds, Node, pattern, runtime};
 use memkv::client::{ClientError, GetItem, PutItem};
 use memkv::config::ServerAddr;
 use memkv::wire::Status;
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
-
-/// Deterministic bytes that differ per `seed` and per position (never a constant fill, so a
-/// misplaced or shifted range shows).
-fn pattern(len: usize, seed: u64) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        // xorshift64: eight bytes per step.
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let take = (len - v.len()).min(8);
-        v.extend_from_slice(&x.to_le_bytes()[..take]);
-    }
-    Bytes::from(v)
-}
 
 /// Three nodes on `ips`, started in parallel.
 fn cluster(creds: &Creds, ips: [&str; 3]) -> Vec<Node> {

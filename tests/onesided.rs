@@ -10,23 +10,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{Creds, Node, cli_bin, runtime};
+use common::{Creds, Node, cli_bin, pattern as block, runtime};
 use memkv::client::{GetItem, PutItem};
-
-fn block(len: usize, seed: u64) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    Bytes::from(
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect::<Vec<u8>>(),
-    )
-}
 
 /// `memkv_requests_total{op="<op>"}` of a node.
 fn requests(node: &Node, op: &str) -> u64 {

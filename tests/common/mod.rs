@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use memkv::auth::AuthKey;
 use memkv::config::{ClientConfig, Sources};
 use memkv::license::SigningKey;
@@ -240,4 +241,20 @@ fn dechunk(body: &str) -> String {
 /// A multi-thread runtime for a test.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+/// Deterministic bytes that differ per `seed` and per position (never a constant fill, so a
+/// misplaced or shifted range shows).
+pub fn pattern(len: usize, seed: u64) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        // xorshift64: eight bytes per step.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let take = (len - v.len()).min(8);
+        v.extend_from_slice(&x.to_le_bytes()[..take]);
+    }
+    Bytes::from(v)
 }
