@@ -859,8 +859,8 @@ impl Client {
     /// status.
     async fn put_group(&self, g: &PutGroup, data: &[Bytes]) -> Result<Vec<Status>, ClientError> {
         let session = self.session(&self.inner.nodes[g.idx]).await?;
-        let bytes: u64 = g.members.iter().map(|&i| data[i].len() as u64).sum();
-        if session.is_one_sided() && bytes > wire::INLINE_MAX {
+        let total: u64 = g.members.iter().map(|&i| data[i].len() as u64).sum();
+        if session.is_one_sided() && total > wire::INLINE_MAX {
             let bytes: Vec<&[u8]> = g.members.iter().map(|&i| &data[i][..]).collect();
             return self.put_one_sided(g.idx, &session, g.meta.clone(), &bytes).await;
         }
