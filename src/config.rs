@@ -370,7 +370,7 @@ const P_MAX_OBJECT_SIZE: Param = Param {
     key: "max_object_size",
     env: "MEMKV_MAX_OBJECT_SIZE",
     default: Some("256MiB"),
-    range: "a size from 1 B up to `memory`",
+    range: "a size from 1 B up to `memory`, at most 256 GiB - 64 B",
     help: "Largest object the node accepts. When unset and `memory` is smaller than the default, `memory`.",
     role: Role::Server,
 };
@@ -1421,6 +1421,12 @@ impl ServerConfig {
             max.min(memory)
         } else if max == 0 {
             return Err(max_g.invalid(format!("expected {}", P_MAX_OBJECT_SIZE.range)));
+        } else if max > crate::server::arena::MAX_ALLOC {
+            return Err(max_g.invalid(format!(
+                "{} exceeds the largest object a node can hold (256 GiB - 64 B); expected {}",
+                format_size(max),
+                P_MAX_OBJECT_SIZE.range
+            )));
         } else if max > memory {
             return Err(max_g.invalid(format!(
                 "{} exceeds MEMKV_MEMORY={} ({}) = {}; expected a size from 1 B up to it: \
@@ -2744,6 +2750,8 @@ mod tests {
         assert_eq!(s.max_object_size, 64 * MIB);
         let m = server_err(&[("MEMKV_MAX_OBJECT_SIZE", "0")]);
         assert!(m.contains("MEMKV_MAX_OBJECT_SIZE"), "{m}");
+        let m = server_err(&[("MEMKV_MEMORY", "1TiB"), ("MEMKV_MAX_OBJECT_SIZE", "512GiB")]);
+        assert!(m.contains("largest object a node can hold") && m.contains("256 GiB"), "{m}");
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub struct LocalNode {
 impl LocalNode {
     /// Starts a node with 1 GiB of memory on `ip` (a free port).
     pub fn start(ip: &str) -> Self {
+        Self::with_memory(ip, "1GiB")
+    }
+
+    /// Starts a node with `memory` (e.g. `4GiB`) on `ip` (a free port).
+    pub fn with_memory(ip: &str, memory: &str) -> Self {
         let signing = SigningKey::generate().expect("signing key");
         let now = SystemTime::now();
         let token = signing.issue("memkv-local-node", now, now + Duration::from_secs(86_400), 0, 0).expect("license");
@@ -39,7 +44,7 @@ impl LocalNode {
         common(&mut server);
         server.insert("listen".into(), format!("{ip}:0"));
         server.insert("admin_listen".into(), format!("{ip}:0"));
-        server.insert("memory".into(), "1GiB".into());
+        server.insert("memory".into(), memory.into());
         let no_env = |_: &str| None;
         let cfg = ServerConfig::resolve(&Sources { explicit: &server, env: &no_env }).expect("server config");
         let trusted = TrustedKeys::with_extra(Some(&pubkey)).expect("trusted keys");
@@ -74,5 +79,41 @@ impl Drop for LocalNode {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// The node's DRAM index and arena alone, without sessions or sockets: what the index
+/// benchmark (benches/index.rs) measures.
+pub struct IndexProbe {
+    store: crate::server::store::Store,
+}
+
+impl IndexProbe {
+    /// An empty index over an arena of `capacity` bytes.
+    pub fn new(capacity: u64) -> Self {
+        let arena = crate::server::arena::Arena::new(capacity).expect("arena");
+        Self { store: crate::server::store::Store::new(arena, capacity, Duration::from_secs(30)) }
+    }
+
+    /// Stores a `len`-byte object (zeros) under `key`, as a PUT does once its bytes arrived.
+    pub fn put(&self, key: &[u8], len: u64) {
+        let slot = self.store.reserve(len).expect("room in the arena").freeze();
+        let crc = crc32c::crc32c(slot.bytes());
+        self.store.publish(crate::server::store::Object::new(key, slot, crc));
+    }
+
+    /// The size of the object under `key`, looked up as a GET does (promoted, pinned, released).
+    pub fn get(&self, key: &[u8]) -> Option<u64> {
+        self.store.get(key).map(|o| o.len())
+    }
+
+    /// Objects stored.
+    pub fn len(&self) -> usize {
+        self.store.object_count()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

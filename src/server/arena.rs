@@ -22,6 +22,8 @@ use parking_lot::Mutex;
 
 /// Allocation granularity: objects start on a cache line.
 const ALIGN: u64 = 64;
+/// The largest allocation (2^32 - 1 units of [`ALIGN`]: just under 256 GiB).
+pub(crate) const MAX_ALLOC: u64 = u32::MAX as u64 * ALIGN;
 
 /// Best-fit free list over `[0, capacity)`, coalescing neighbours on free.
 #[derive(Debug)]
@@ -158,11 +160,13 @@ impl Arena {
     }
 
     /// Allocates `len` bytes, or `None` when no free range is large enough.
+    /// Lengths above [`MAX_ALLOC`] never fit (the store refuses them first).
     pub(crate) fn try_alloc(self: &Arc<Self>, len: u64) -> Option<SlotMut> {
         let rounded = Self::rounded(len);
+        let units = u32::try_from(rounded / ALIGN).ok()?;
         let off = self.free.lock().alloc(rounded)?;
         self.used.fetch_add(rounded, Ordering::Relaxed);
-        Some(SlotMut(Range { arena: Arc::clone(self), off, alloc: rounded, skip: 0, len }))
+        Some(SlotMut(Range { arena: Arc::clone(self), off, len, units, skip: 0 }))
     }
 
     /// The memfd to hand to same-host clients, when the arena is shared.
@@ -179,32 +183,41 @@ impl Arena {
 
 /// An allocated range, viewed as `[skip, skip + len)` of it (all of it unless narrowed);
 /// returns the whole allocation to the free list on drop.
+///
+/// Kept to 32 bytes (the node holds one per stored object): the allocation is counted in units
+/// of [`ALIGN`] and the view's start in a `u32`, which bounds an object at [`MAX_ALLOC`].
 struct Range {
     arena: Arc<Arena>,
     off: u64,
-    /// Bytes allocated at `off` (rounded to the granularity).
-    alloc: u64,
-    skip: u64,
     len: u64,
+    /// Units of [`ALIGN`] allocated at `off`.
+    units: u32,
+    skip: u32,
 }
 
 impl Range {
+    /// Bytes allocated at `off`.
+    fn alloc(&self) -> u64 {
+        u64::from(self.units) * ALIGN
+    }
+
     /// Offset of the view's first byte inside the arena.
     fn offset(&self) -> u64 {
-        self.off + self.skip
+        self.off + u64::from(self.skip)
     }
 
     fn ptr(&self) -> *mut u8 {
         // SAFETY: off + skip + len <= off + allocated length <= capacity (the free list only
         // hands out ranges inside it, and `SlotMut::narrow` only shrinks the view).
-        unsafe { self.arena.base().add((self.off + self.skip) as usize) }
+        unsafe { self.arena.base().add(self.offset() as usize) }
     }
 }
 
 impl Drop for Range {
     fn drop(&mut self) {
-        self.arena.free.lock().free(self.off, self.alloc);
-        self.arena.used.fetch_sub(self.alloc, Ordering::Relaxed);
+        let alloc = self.alloc();
+        self.arena.free.lock().free(self.off, alloc);
+        self.arena.used.fetch_sub(alloc, Ordering::Relaxed);
     }
 }
 
@@ -223,7 +236,9 @@ impl SlotMut {
     /// until the slot is dropped): a read that needs alignment room around the bytes it keeps.
     pub(crate) fn narrow(mut self, start: u64, len: u64) -> SlotMut {
         assert!(start.checked_add(len).is_some_and(|end| end <= self.0.len), "narrowed view outside the slot");
-        self.0.skip += start;
+        // Narrowing trims alignment slack (under 4 KiB); an allocation may reach 256 GiB, so
+        // the view's start is checked rather than assumed to fit.
+        self.0.skip = u32::try_from(u64::from(self.0.skip) + start).expect("a narrowed view starts within 4 GiB");
         self.0.len = len;
         self
     }

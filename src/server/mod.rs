@@ -6,12 +6,13 @@
 //! grace period). Never imports `client`.
 
 mod admin;
-mod arena;
+pub(crate) mod arena;
 mod drive;
 mod metrics;
+mod object;
 mod onesided;
 mod session;
-mod store;
+pub(crate) mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,12 +60,12 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    /// Makes a received object visible under `key`; with drives, returns the write to queue.
-    fn publish(&self, key: Box<[u8]>, obj: Arc<Object>) -> Option<Persist> {
+    /// Makes a received object visible under its key; with drives, returns the write to queue.
+    fn publish(&self, obj: Object) -> Option<Persist> {
         match &self.tier {
-            Some(t) => Some(t.publish(&self.store, key, obj)),
+            Some(t) => Some(t.publish(&self.store, obj)),
             None => {
-                self.store.publish(key, obj);
+                self.store.publish(obj);
                 None
             }
         }
@@ -83,7 +84,7 @@ impl Ctx {
     }
 
     /// The object under `key`: from DRAM, else read through from the drive tier. Counted.
-    async fn lookup(&self, key: &[u8]) -> Option<Arc<Object>> {
+    async fn lookup(&self, key: &[u8]) -> Option<Object> {
         let found = match (self.store.get(key), &self.tier) {
             (Some(o), Some(t)) => {
                 t.touch(key);

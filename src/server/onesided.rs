@@ -9,7 +9,7 @@
 //!
 //! Invariants:
 //! - a leased range is never handed to anyone else: a reservation is an unpublished `SlotMut`
-//!   (or an in-flight range of a partial object), a pin an `Arc<Object>` (eviction only drops the
+//!   (or an in-flight range of a partial object), a pin an `Object` (eviction only drops the
 //!   index's reference);
 //! - a lease lives until it is committed or released, the session ends (the client died: the
 //!   socket closed), or it expires (`lease_timeout`). An expired lease's token is forgotten
@@ -20,7 +20,6 @@
 //! - tokens are per session, so one session can never name another's leases.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -35,7 +34,7 @@ enum Lease {
     Part(PartWrite),
     /// Held for its drop: the object's memory stays allocated while a reader may read it.
     Pin {
-        _object: Arc<Object>,
+        _object: Object,
     },
 }
 
@@ -51,7 +50,7 @@ pub(crate) struct Leases {
 /// A LOOKUP's answer: an entry per key, and the bytes of the entries answered inline.
 pub(crate) struct Looked {
     pub(crate) pins: Vec<Pinned>,
-    pub(crate) inline: Vec<(Arc<Object>, std::ops::Range<usize>)>,
+    pub(crate) inline: Vec<(Object, std::ops::Range<usize>)>,
 }
 
 /// Outcome of one COMMIT entry.
@@ -158,17 +157,17 @@ impl Leases {
                         if e.crc.is_some_and(|c| c != crc) {
                             Status::ChecksumMismatch
                         } else {
-                            let obj = Arc::new(Object::new(slot.freeze(), crc));
+                            let obj = Object::new(&key, slot.freeze(), crc);
                             out.bytes += obj.len();
-                            out.writes.extend(ctx.publish(key, obj));
+                            out.writes.extend(ctx.publish(obj));
                             Status::Ok
                         }
                     }
                     Some((_, Lease::Part(mut w))) => {
                         let len = w.bytes_mut().len() as u64;
                         let ok = e.crc.is_none_or(|c| c == crc32c::crc32c(w.bytes_mut()));
-                        if let Some((key, obj)) = ctx.store.finish_part(w, ok) {
-                            out.writes.extend(ctx.publish(key, obj));
+                        if let Some(obj) = ctx.store.finish_part(w, ok) {
+                            out.writes.extend(ctx.publish(obj));
                         }
                         if ok {
                             out.bytes += len;

@@ -46,8 +46,8 @@ const WRITE_BATCH: usize = 64;
 /// What an answer carries after its meta.
 enum Body {
     Empty,
-    Object(Arc<Object>, Range<usize>),
-    Objects(Vec<(Arc<Object>, Range<usize>)>),
+    Object(Object, Range<usize>),
+    Objects(Vec<(Object, Range<usize>)>),
     Owned(Vec<u8>),
 }
 
@@ -666,12 +666,12 @@ impl<R: AsyncRead + Unpin> Conn<R> {
         let mut writes = Vec::new();
         for item in received {
             let done = match item {
-                Received::Whole(key, slot, crc) if commit => Some((key, Arc::new(Object::new(slot.freeze(), crc)))),
+                Received::Whole(key, slot, crc) if commit => Some(Object::new(&key, slot.freeze(), crc)),
                 Received::Whole(..) => None,
                 Received::Part(w, ok) => store.finish_part(w, ok && commit),
             };
-            if let Some((key, obj)) = done {
-                writes.extend(ctx.publish(key, obj));
+            if let Some(obj) = done {
+                writes.extend(ctx.publish(obj));
             }
         }
         let durable = ctx.persist(writes).await;

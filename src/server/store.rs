@@ -2,62 +2,36 @@
 //!
 //! Owns: which key names which arena slot, when an object becomes visible, and what is evicted
 //! when the arena is full. Never does I/O; the index lock is never held while bytes move (the
-//! session receives into a [`SlotMut`]/[`PartWrite`] without it, and sends from an `Arc<Object>`
+//! session receives into a [`SlotMut`]/[`PartWrite`] without it, and sends from an `Object`
 //! clone).
 //!
 //! Invariants:
 //! - an object is in the index only when all its bytes arrived and their CRC32C matched, so a
 //!   reader never sees a torn or mixed block; two writers of one key: the last complete write wins;
 //! - eviction removes objects from the index only; their memory returns to the arena when the
-//!   last in-flight read drops its `Arc<Object>`;
+//!   last in-flight read drops its `Object`;
 //! - the in-flight ranges of a partial object never overlap (the soundness condition of
 //!   [`PartialBuf::range_mut`]).
 //!
-//! Eviction policy: LRU over complete objects (a GET promotes; EXISTS does not). KV-cache reuse is
-//! dominated by recency — a prefix that was just used is the one most likely to be used again —
-//! and LRU is O(1) per operation under one short lock. Frequency-aware admission comes with the
-//! drive tier (see docs/architecture.md).
+//! Eviction policy: LRU with a second chance (CLOCK) over complete objects: a PUT makes its
+//! object the most recent, a GET marks it read (EXISTS does not), and eviction skips (and
+//! requeues) read objects once. KV-cache reuse is dominated by recency — a prefix that was just
+//! used is the one most likely to be used again — and this is O(1) per operation under one short
+//! lock, with a GET touching only its own object (see [`Lru`]). Frequency-aware admission comes
+//! with the drive tier (see docs/architecture.md).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lru::LruCache;
+use hashbrown::HashTable;
 use parking_lot::Mutex;
 
-use super::arena::{Arena, PartialBuf, Slot, SlotMut};
+use super::arena::{Arena, PartialBuf, SlotMut};
 use super::metrics::add;
+pub(crate) use super::object::Object;
 use crate::wire::Status;
-
-/// A complete, visible object. Holding an `Arc<Object>` pins its memory.
-pub(crate) struct Object {
-    slot: Slot,
-    crc: u32,
-}
-
-impl Object {
-    /// A complete object over `slot`, whose bytes have CRC32C `crc`.
-    pub(crate) fn new(slot: Slot, crc: u32) -> Self {
-        Self { slot, crc }
-    }
-    /// All bytes.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        self.slot.bytes()
-    }
-    /// CRC32C of all bytes.
-    pub(crate) fn crc(&self) -> u32 {
-        self.crc
-    }
-    /// Size in bytes.
-    pub(crate) fn len(&self) -> u64 {
-        self.slot.len()
-    }
-    /// Offset of the first byte inside the arena.
-    pub(crate) fn arena_offset(&self) -> u64 {
-        self.slot.offset()
-    }
-}
 
 /// Why the store refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,9 +70,181 @@ struct Partial {
 }
 
 struct Index {
-    objects: LruCache<Box<[u8]>, Arc<Object>>,
+    objects: Lru,
     partial: HashMap<Box<[u8]>, Partial>,
     next_generation: u64,
+}
+
+/// No slab index: the end of the LRU list.
+const NIL: u32 = u32::MAX;
+
+fn hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
+
+/// The complete objects, in recency order, in as little memory as a node with millions of small
+/// objects needs: a dense slab of 8-byte [`Object`] handles, a hash table of 4-byte slab
+/// indices, and the recency list's links inside the objects (as slab indices). Each object's
+/// allocation carries its key. About 22 bytes per object here, plus the object's own 56
+/// (benches/index.rs measures the total).
+///
+/// Recency is LRU with a second chance (CLOCK): a write moves its object to the head; a read
+/// only sets the object's `referenced` bit, and the eviction scan moves a referenced tail back
+/// to the head (clearing the bit) instead of evicting it. A read therefore touches one object,
+/// not its two neighbours and the head as a strict LRU's move would, which keeps lookups and
+/// the index lock short at millions of objects; eviction still takes the object unused longest
+/// among those not read since the scan last passed.
+///
+/// Removal moves the slab's last object into the hole (fixing its table entry and its
+/// neighbours' links), so the slab never has gaps to track.
+struct Lru {
+    table: HashTable<u32>,
+    slab: Vec<Object>,
+    /// Most recently used.
+    head: u32,
+    /// Least recently used: the next victim.
+    tail: u32,
+}
+
+impl Lru {
+    fn new() -> Self {
+        Self { table: HashTable::new(), slab: Vec::new(), head: NIL, tail: NIL }
+    }
+
+    fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    fn prev(&self, i: u32) -> u32 {
+        self.slab[i as usize].links().0.load(Ordering::Relaxed)
+    }
+
+    fn next(&self, i: u32) -> u32 {
+        self.slab[i as usize].links().1.load(Ordering::Relaxed)
+    }
+
+    fn set_prev(&self, i: u32, to: u32) {
+        self.slab[i as usize].links().0.store(to, Ordering::Relaxed);
+    }
+
+    fn set_next(&self, i: u32, to: u32) {
+        self.slab[i as usize].links().1.store(to, Ordering::Relaxed);
+    }
+
+    fn find(&self, key: &[u8]) -> Option<u32> {
+        self.table.find(hash(key), |&i| self.slab[i as usize].key() == key).copied()
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let (p, n) = (self.prev(i), self.next(i));
+        if p == NIL {
+            self.head = n
+        } else {
+            self.set_next(p, n)
+        }
+        if n == NIL { self.tail = p } else { self.set_prev(n, p) }
+    }
+
+    fn push_front(&mut self, i: u32) {
+        self.set_prev(i, NIL);
+        self.set_next(i, self.head);
+        if self.head == NIL {
+            self.tail = i
+        } else {
+            self.set_prev(self.head, i)
+        }
+        self.head = i;
+    }
+
+    fn promote(&mut self, i: u32) {
+        if self.head != i {
+            self.unlink(i);
+            self.push_front(i);
+        }
+    }
+
+    /// The object under `key`, marked as read (see the type's doc).
+    fn get(&self, key: &[u8]) -> Option<&Object> {
+        let o = &self.slab[self.find(key)? as usize];
+        // Only a clear bit is written: a hot object's line is not dirtied on every read.
+        if !o.referenced().load(Ordering::Relaxed) {
+            o.referenced().store(true, Ordering::Relaxed);
+        }
+        Some(o)
+    }
+
+    /// The object under `key`, its recency untouched.
+    fn peek(&self, key: &[u8]) -> Option<&Object> {
+        self.find(key).map(|i| &self.slab[i as usize])
+    }
+
+    /// Stores `obj` under its key as the most recently used; returns the object it replaces.
+    fn put(&mut self, obj: Object) -> Option<Object> {
+        if let Some(i) = self.find(obj.key()) {
+            // The new version takes the old one's place in the list, then moves to the head.
+            let old = std::mem::replace(&mut self.slab[i as usize], obj);
+            self.slab[i as usize].links().0.store(old.links().0.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.slab[i as usize].links().1.store(old.links().1.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.promote(i);
+            return Some(old);
+        }
+        let i =
+            u32::try_from(self.slab.len()).ok().filter(|&i| i != NIL).expect("fewer than 2^32 - 1 objects per node");
+        let h = hash(obj.key());
+        self.slab.push(obj);
+        let slab = &self.slab;
+        self.table.insert_unique(h, i, |&j| hash(slab[j as usize].key()));
+        self.push_front(i);
+        None
+    }
+
+    /// Removes and returns the object under `key`.
+    fn pop(&mut self, key: &[u8]) -> Option<Object> {
+        let slab = &self.slab;
+        let (i, _) = self.table.find_entry(hash(key), |&i| slab[i as usize].key() == key).ok()?.remove();
+        Some(self.remove_at(i))
+    }
+
+    /// Removes and returns the object unused longest, giving read ones a second chance.
+    /// Amortized O(1): every pass over a referenced object clears a bit that a read set.
+    fn pop_lru(&mut self) -> Option<Object> {
+        let mut i = self.tail;
+        while i != NIL && self.slab[i as usize].referenced().swap(false, Ordering::Relaxed) {
+            self.promote(i);
+            i = self.tail;
+        }
+        if i == NIL {
+            return None;
+        }
+        let h = hash(self.slab[i as usize].key());
+        match self.table.find_entry(h, |&j| j == i) {
+            Ok(e) => e.remove(),
+            Err(_) => unreachable!("every slab entry has a table entry"),
+        };
+        Some(self.remove_at(i))
+    }
+
+    /// Takes slab entry `i` (already out of the table) out of the list and the slab.
+    fn remove_at(&mut self, i: u32) -> Object {
+        self.unlink(i);
+        let last = (self.slab.len() - 1) as u32;
+        if i != last {
+            // The last object moves to `i`: repoint its table entry and its neighbours.
+            let h = hash(self.slab[last as usize].key());
+            match self.table.find_mut(h, |&j| j == last) {
+                Some(slot) => *slot = i,
+                None => unreachable!("every slab entry has a table entry"),
+            }
+            let (p, n) = (self.prev(last), self.next(last));
+            if p == NIL {
+                self.head = i
+            } else {
+                self.set_next(p, i)
+            }
+            if n == NIL { self.tail = i } else { self.set_prev(n, i) }
+        }
+        self.slab.swap_remove(i as usize)
+    }
 }
 
 /// Live counters: relaxed atomic adds, never a lock on the request path.
@@ -176,7 +322,7 @@ impl Store {
     pub(crate) fn new(arena: Arc<Arena>, max_object: u64, partial_timeout: Duration) -> Self {
         Self {
             arena,
-            index: Mutex::new(Index { objects: LruCache::unbounded(), partial: HashMap::new(), next_generation: 1 }),
+            index: Mutex::new(Index { objects: Lru::new(), partial: HashMap::new(), next_generation: 1 }),
             counters: Counters::default(),
             max_object,
             partial_timeout,
@@ -223,7 +369,7 @@ impl Store {
             // (unless a reader still pins it).
             let victim = self.index.lock().objects.pop_lru();
             match victim {
-                Some((_, obj)) => {
+                Some(obj) => {
                     add(&self.counters.evictions, 1);
                     add(&self.counters.evicted_bytes, obj.len());
                 }
@@ -242,32 +388,32 @@ impl Store {
         }
     }
 
-    /// Makes `obj` visible under `key` (replacing any older object: the last write wins).
-    pub(crate) fn publish(&self, key: Box<[u8]>, obj: Arc<Object>) {
-        let old = self.index.lock().objects.put(key, obj);
+    /// Makes `obj` visible under its key (replacing any older object: the last write wins).
+    pub(crate) fn publish(&self, obj: Object) {
+        let old = self.index.lock().objects.put(obj);
         drop(old);
     }
 
-    /// Makes `obj` visible under `key` unless an object is already there (a promotion from the
-    /// drive tier never replaces a newer write). Returns the object now visible.
-    pub(crate) fn publish_if_absent(&self, key: Box<[u8]>, obj: Arc<Object>) -> Arc<Object> {
+    /// Makes `obj` visible under its key unless an object is already there (a promotion from
+    /// the drive tier never replaces a newer write). Returns the object now visible.
+    pub(crate) fn publish_if_absent(&self, obj: Object) -> Object {
         let mut ix = self.index.lock();
-        if let Some(o) = ix.objects.get(&key) {
-            return Arc::clone(o);
+        if let Some(o) = ix.objects.get(obj.key()) {
+            return o.clone();
         }
-        ix.objects.put(key, Arc::clone(&obj));
+        ix.objects.put(obj.clone());
         obj
     }
 
     /// The object under `key`, pinned, promoted to most recently used. Not counted: the caller
     /// counts the lookup once it has asked every tier ([`Store::count_lookup`]).
-    pub(crate) fn get(&self, key: &[u8]) -> Option<Arc<Object>> {
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Object> {
         self.index.lock().objects.get(key).cloned()
     }
 
     /// Whether `key` is in DRAM (without promoting it).
     pub(crate) fn contains(&self, key: &[u8]) -> bool {
-        self.index.lock().objects.contains(key)
+        self.index.lock().objects.peek(key).is_some()
     }
 
     /// Counts a GET lookup as a hit or a miss.
@@ -342,7 +488,7 @@ impl Store {
 
     /// Ends a ranged write. With `ok` (CRC matched) the range counts as received; when the whole
     /// object has arrived it is checksummed and returned, for the caller to publish.
-    pub(crate) fn finish_part(&self, w: PartWrite, ok: bool) -> Option<(Box<[u8]>, Arc<Object>)> {
+    pub(crate) fn finish_part(&self, w: PartWrite, ok: bool) -> Option<Object> {
         let PartWrite { key, buf, generation, offset, len } = w;
         let range = (offset, offset + len);
         let complete = {
@@ -368,7 +514,7 @@ impl Store {
         let buf = Arc::try_unwrap(buf).ok()?;
         let slot = buf.freeze();
         let crc = crc32c::crc32c(slot.bytes());
-        Some((key, Arc::new(Object { slot, crc })))
+        Some(Object::new(&key, slot, crc))
     }
 
     /// Drops partial objects untouched for longer than the partial timeout.
@@ -403,14 +549,14 @@ mod tests {
         let mut slot = s.reserve(len).unwrap();
         slot.bytes_mut().fill(fill);
         let crc = crc32c::crc32c(slot.bytes_mut());
-        s.publish(key.as_bytes().into(), Arc::new(Object::new(slot.freeze(), crc)));
+        s.publish(Object::new(key.as_bytes(), slot.freeze(), crc));
     }
 
     fn finish(s: &Store, w: PartWrite, ok: bool) -> bool {
         let done = s.finish_part(w, ok);
         let complete = done.is_some();
-        if let Some((k, o)) = done {
-            s.publish(k, o);
+        if let Some(o) = done {
+            s.publish(o);
         }
         complete
     }
@@ -523,14 +669,78 @@ mod tests {
         put(&s, "k", 2, 10);
         let mut slot = s.reserve(10).unwrap();
         slot.bytes_mut().fill(1);
-        let old = Arc::new(Object::new(slot.freeze(), crc32c::crc32c(&[1u8; 10])));
-        assert_eq!(s.publish_if_absent(b"k".as_slice().into(), old).bytes(), &[2u8; 10][..]);
+        let old = Object::new(b"k", slot.freeze(), crc32c::crc32c(&[1u8; 10]));
+        assert_eq!(s.publish_if_absent(old).bytes(), &[2u8; 10][..]);
         assert_eq!(s.get(b"k").unwrap().bytes(), &[2u8; 10][..]);
         s.delete(b"k");
         let mut slot = s.reserve(10).unwrap();
         slot.bytes_mut().fill(3);
-        let promoted = Arc::new(Object::new(slot.freeze(), crc32c::crc32c(&[3u8; 10])));
-        assert_eq!(s.publish_if_absent(b"k".as_slice().into(), promoted).bytes(), &[3u8; 10][..]);
+        let promoted = Object::new(b"k", slot.freeze(), crc32c::crc32c(&[3u8; 10]));
+        assert_eq!(s.publish_if_absent(promoted).bytes(), &[3u8; 10][..]);
+    }
+
+    /// The index against a plain model (a list, most recent first, with read bits) under random
+    /// operations: same contents, same order, same victims, every handle's key and bytes intact
+    /// after slab moves.
+    #[test]
+    fn the_index_matches_a_second_chance_lru_model_through_random_operations() {
+        use proptest::prelude::*;
+        let arena = Arena::new(1 << 20).unwrap();
+        let ops = proptest::collection::vec((0u8..5, 0u8..24), 1..400);
+        proptest!(ProptestConfig::with_cases(200), |(ops in ops)| {
+            let mut lru = Lru::new();
+            // (key, version, read since the scan passed)
+            let mut model: Vec<(Vec<u8>, u8, bool)> = Vec::new();
+            let mut version = 0u8;
+            for (op, k) in ops {
+                let key = format!("key-{k}").into_bytes();
+                match op {
+                    0 | 1 => {
+                        version = version.wrapping_add(1);
+                        let mut slot = arena.try_alloc(8).unwrap();
+                        slot.bytes_mut().fill(version);
+                        let old = lru.put(Object::new(&key, slot.freeze(), 0));
+                        let was = model.iter().position(|(m, ..)| *m == key).map(|i| model.remove(i));
+                        prop_assert_eq!(old.map(|o| o.bytes()[0]), was.map(|(_, v, _)| v));
+                        model.insert(0, (key, version, false));
+                    }
+                    2 => {
+                        let got = lru.get(&key).map(|o| o.bytes()[0]);
+                        let was = model.iter_mut().find(|(m, ..)| *m == key);
+                        prop_assert_eq!(got, was.as_ref().map(|(_, v, _)| *v));
+                        if let Some(e) = was { e.2 = true }
+                    }
+                    3 => {
+                        let got = lru.pop(&key).map(|o| o.bytes()[0]);
+                        let was = model.iter().position(|(m, ..)| *m == key).map(|i| model.remove(i));
+                        prop_assert_eq!(got, was.map(|(_, v, _)| v));
+                    }
+                    _ => {
+                        let got = lru.pop_lru().map(|o| (o.key().to_vec(), o.bytes()[0]));
+                        while model.last().is_some_and(|e| e.2) {
+                            let mut e = model.pop().unwrap();
+                            e.2 = false;
+                            model.insert(0, e);
+                        }
+                        prop_assert_eq!(got, model.pop().map(|(k, v, _)| (k, v)));
+                    }
+                }
+                prop_assert_eq!(lru.len(), model.len());
+            }
+            // Walk the list from the most recent end: the model's order, with intact handles.
+            let mut i = lru.head;
+            let mut walked = Vec::new();
+            while i != NIL {
+                let o = &lru.slab[i as usize];
+                walked.push((o.key().to_vec(), o.bytes()[0], o.referenced().load(Ordering::Relaxed)));
+                i = lru.next(i);
+            }
+            prop_assert_eq!(walked, model.clone());
+            for (k, v, _) in &model {
+                prop_assert_eq!(lru.peek(k).map(|o| o.bytes()[0]), Some(*v));
+            }
+        });
+        assert_eq!(arena.used(), 0, "every dropped object returned its slot");
     }
 
     #[test]

@@ -48,7 +48,7 @@ const GROUP: usize = 256;
 #[derive(Clone)]
 enum Loc {
     /// Queued for its drive; the object is also (or was) in DRAM.
-    Pending(Arc<Object>),
+    Pending(Object),
     /// On drive `drive`, in segment `seg` at offset `off`, `len` value bytes.
     Disk { drive: u16, seg: u32, off: u64, len: u64 },
 }
@@ -75,7 +75,7 @@ type Ack = oneshot::Sender<Result<(), String>>;
 pub(crate) type Durable = oneshot::Receiver<Result<(), String>>;
 
 enum Job {
-    Put { key: Box<[u8]>, obj: Arc<Object>, version: u64, _permit: OwnedSemaphorePermit, ack: Option<Ack> },
+    Put { key: Box<[u8]>, obj: Object, version: u64, _permit: OwnedSemaphorePermit, ack: Option<Ack> },
     Delete { key: Box<[u8]>, version: u64, ack: Option<Ack> },
     Flush { ack: Ack },
     Stop { ack: Ack },
@@ -83,7 +83,7 @@ enum Job {
 
 /// One attempt of a read-through.
 enum Read {
-    Found(Arc<Object>),
+    Found(Object),
     Absent,
     /// The record moved or was replaced during the read.
     Moved,
@@ -92,7 +92,7 @@ enum Read {
 /// A write made visible in DRAM that still has to reach a drive.
 pub(crate) struct Persist {
     key: Box<[u8]>,
-    obj: Option<Arc<Object>>,
+    obj: Option<Object>,
     version: u64,
 }
 
@@ -256,11 +256,12 @@ impl Tier {
 
     /// Makes `obj` the newest version of `key`: visible in DRAM now, queued for its drive by
     /// [`Tier::persist`].
-    pub(crate) fn publish(&self, store: &Store, key: Box<[u8]>, obj: Arc<Object>) -> Persist {
+    pub(crate) fn publish(&self, store: &Store, obj: Object) -> Persist {
+        let key: Box<[u8]> = obj.key().into();
         let mut ix = self.shared.index.lock();
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-        store.publish(key.clone(), Arc::clone(&obj));
-        ix.insert(key.clone(), Entry { version, loc: Loc::Pending(Arc::clone(&obj)), accessed: false });
+        store.publish(obj.clone());
+        ix.insert(key.clone(), Entry { version, loc: Loc::Pending(obj.clone()), accessed: false });
         Persist { key, obj: Some(obj), version }
     }
 
@@ -344,7 +345,7 @@ impl Tier {
     /// A DRAM miss: reads `key` from its drive into a new arena slot, verifies it, and promotes it
     /// into DRAM. `None` when the key is absent, its record is damaged (counted, dropped), or no
     /// arena room can be made.
-    pub(crate) async fn read_through(&self, store: &Store, key: &[u8]) -> Option<Arc<Object>> {
+    pub(crate) async fn read_through(&self, store: &Store, key: &[u8]) -> Option<Object> {
         // A reclaim may move the record (second chance) or a write replace it while we read:
         // look again, a bounded number of times.
         for _ in 0..3 {
@@ -366,7 +367,7 @@ impl Tier {
             e.accessed = true;
             match &e.loc {
                 Loc::Pending(obj) => {
-                    let obj = store.publish_if_absent(key.into(), Arc::clone(obj));
+                    let obj = store.publish_if_absent(obj.clone());
                     add(&c.drive_hits, 1);
                     return Read::Found(obj);
                 }
@@ -409,7 +410,7 @@ impl Tier {
                     // Overwritten, deleted or moved while we read: look again.
                     return Read::Moved;
                 }
-                let obj = store.publish_if_absent(owned_key, Arc::new(Object::new(slot.freeze(), crc)));
+                let obj = store.publish_if_absent(Object::new(&owned_key, slot.freeze(), crc));
                 drop(ix);
                 add(&c.drive_hits, 1);
                 Read::Found(obj)
@@ -617,7 +618,7 @@ impl Shared {
 /// few `pwritev` calls (small objects would otherwise cost one system call each).
 struct Staged {
     key: Box<[u8]>,
-    obj: Option<Arc<Object>>,
+    obj: Option<Object>,
     header: RecordHeader,
     ack: Option<Ack>,
     /// Queue room, released once the record is written.
@@ -744,7 +745,7 @@ impl Writer {
     fn stage(
         &mut self,
         key: Box<[u8]>,
-        obj: Option<Arc<Object>>,
+        obj: Option<Object>,
         version: u64,
         ack: Option<Ack>,
         permit: Option<OwnedSemaphorePermit>,
