@@ -619,6 +619,272 @@ fn bench_both_runs_every_op_of_both_phases_without_errors_or_misses() {
     assert!(header.iter().all(|h| first.contains_key(*h)), "{text}");
     assert_eq!(lines.len(), 3, "{text}");
     assert!(lines[1].starts_with("get,4096,50,") && lines[2].starts_with("get,65536,50,"), "{text}");
+
+    // Batched requests: every block counted once, the last request short (100 = 14 x 7 + 2),
+    // every GET compared.
+    let args = [
+        "bench",
+        "--op",
+        "both",
+        "--size",
+        "4KiB",
+        "--batch",
+        "7",
+        "--inflight",
+        "21",
+        "--count",
+        "100",
+        "--prefix",
+        "batched",
+        "--no-progress",
+        "--json",
+    ];
+    let out = run(cli_bin(), &args, &client_env(&creds, &node.data.to_string()), None, Duration::from_secs(40));
+    assert!(out.ok(), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench --json prints JSON");
+    for (p, op) in doc.as_array().expect("phases").iter().zip(["put", "get"]) {
+        assert_eq!(p["op"], op, "{doc}");
+        assert_eq!((p["ops"].as_u64(), p["batch"].as_u64(), p["inflight"].as_u64()), (Some(100), Some(7), Some(21)));
+        assert_eq!((p["errors"].as_u64(), p["misses"].as_u64()), (Some(0), Some(0)), "{doc}");
+    }
+}
+
+/// The `<polyline>` elements of a `--plot` SVG: (data-series, [(x, y)]), in document order.
+fn svg_polylines(svg: &str) -> Vec<(String, Vec<(f64, f64)>)> {
+    svg.lines()
+        .filter(|l| l.starts_with("<polyline"))
+        .map(|l| {
+            let attr = |k: &str| {
+                let start = l.find(&format!(" {k}=\"")).unwrap_or_else(|| panic!("no {k} in {l}")) + k.len() + 3;
+                l[start..start + l[start..].find('"').expect("closing quote")].to_string()
+            };
+            let pts = attr("points")
+                .split_whitespace()
+                .map(|p| {
+                    let (x, y) = p.split_once(',').expect("x,y");
+                    (x.parse().expect("x"), y.parse().expect("y"))
+                })
+                .collect();
+            (attr("data-series"), pts)
+        })
+        .collect()
+}
+
+#[test]
+fn bench_plot_writes_an_svg_with_one_line_per_op_through_the_measured_sizes() {
+    let creds = Creds::new();
+    let node = Node::start(&creds, "127.0.0.63", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("bench.svg");
+    let svg_arg = path_str(&svg);
+    let args = [
+        "bench",
+        "--size",
+        "4KiB,64KiB",
+        "--duration",
+        "0.3",
+        "--count",
+        "400",
+        "--no-progress",
+        "--json",
+        "--plot",
+        &svg_arg,
+    ];
+    let out = run(cli_bin(), &args, &client_env(&creds, &node.data.to_string()), None, Duration::from_secs(40));
+    assert!(out.ok(), "{out:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench --json prints JSON");
+    let rows = rows.as_array().expect("rows");
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let doc = std::fs::read_to_string(&svg).expect("--plot wrote the file");
+    assert!(doc.starts_with("<?xml") && doc.contains("<svg xmlns=\"http://www.w3.org/2000/svg\""), "{doc}");
+    assert!(doc.trim_end().ends_with("</svg>"), "{doc}");
+    for text in ["--via raw", ">4 KiB<", ">64 KiB<", "block size", "GiB/s", ">put<", ">get<"] {
+        assert!(doc.contains(text), "{text} missing:\n{doc}");
+    }
+    let lines = svg_polylines(&doc);
+    assert_eq!(lines.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["put", "get"], "{doc}");
+    for (op, pts) in &lines {
+        assert_eq!(pts.len(), 2, "{op}: {doc}");
+        assert!(pts[0].0 < pts[1].0, "{op}: 4 KiB left of 64 KiB: {pts:?}");
+        // Each point's height follows the row's GiB/s: the faster size is higher (smaller y).
+        let gib = |size: u64| {
+            rows.iter()
+                .find(|r| r["op"] == op.as_str() && r["size_bytes"] == size)
+                .and_then(|r| r["gib_per_s"].as_f64())
+                .unwrap_or_else(|| panic!("no {op} {size} row"))
+        };
+        let (small, large) = (gib(4096), gib(65536));
+        assert!(small != large, "{rows:?}");
+        assert_eq!(small > large, pts[0].1 < pts[1].1, "{op}: GiB/s {small} vs {large}, y {pts:?}");
+    }
+}
+
+#[test]
+fn bench_refuses_flags_it_cannot_honour_before_measuring() {
+    // Nothing listens: each refusal must come before any connection is tried.
+    let env = [("MEMKV_SERVERS", "127.0.0.1:9".to_string())];
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = path_str(&dir.path().join("missing").join("bench.svg"));
+    let cases: &[(&[&str], &str)] = &[
+        (&["--via", "nixl", "--op", "mixed"], "--op mixed"),
+        (&["--via", "nixl", "--keys", "8"], "--keys"),
+        (&["--via", "nixl", "--no-fill", "--op", "get"], "--no-fill"),
+        (&["--via", "nixl", "--prefix", "mine"], "--prefix"),
+        (&["--via", "nixl", "--gpu"], "--gpu"),
+        (&["--via", "nixl", "--batch", "4"], "--batch"),
+        (&["--python", "/usr/bin/python3"], "--via nixl"),
+        (&["--nixl-plugin-dir", "/tmp"], "--via nixl"),
+        (&["--gpu", "--plot", "gpu.svg"], "--plot"),
+        (&["--plot", &nowhere], "does not exist"),
+    ];
+    for (flags, needle) in cases {
+        let args: Vec<&str> = ["bench", "--no-progress"].iter().chain(flags.iter()).copied().collect();
+        let out = memkv(&args, &env);
+        assert_eq!(out.code, Some(2), "{flags:?}: {out:?}");
+        let line = out.stderr.trim();
+        assert!(line.contains(needle) && !line.contains('\n'), "{flags:?} must be refused naming {needle}: {out:?}");
+    }
+}
+
+#[test]
+fn bench_via_nixl_without_a_python_with_nixl_names_the_venv_script() {
+    let plugin = tempfile::tempdir().unwrap();
+    std::fs::write(plugin.path().join("libplugin_MEMKV.so"), b"").unwrap();
+    let plugin_arg = path_str(plugin.path());
+    let base = ["bench", "--via", "nixl", "--size", "64KiB", "--duration", "0.3", "--nixl-plugin-dir", &plugin_arg];
+    let env = [("MEMKV_SERVERS", "127.0.0.1:9".to_string())];
+    let by_flag = |py: &str| {
+        let mut args = base.to_vec();
+        args.extend(["--python", py]);
+        memkv(&args, &env)
+    };
+    let by_env = |py: &str| memkv(&base, &[env[0].clone(), ("MEMKV_PYTHON", py.to_string())]);
+    for (out, py) in [
+        (by_flag("/bin/false"), "/bin/false"),
+        (by_flag("/nonexistent/python3"), "/nonexistent/python3"),
+        (by_env("/bin/false"), "/bin/false"),
+    ] {
+        assert_eq!(out.code, Some(2), "{out:?}");
+        let err = out.stderr.trim();
+        for text in [
+            "memkv bench --via nixl needs Python with the nixl-cu12 wheel",
+            "run scripts/nixl-venv.sh 1.5.1 and pass --python .venv/nixl-1.5.1/bin/python (or set MEMKV_PYTHON)",
+            py,
+        ] {
+            assert!(err.contains(text), "{text:?} missing: {out:?}");
+        }
+        assert_eq!(err.lines().count(), 1, "one line: {out:?}");
+    }
+}
+
+#[test]
+fn bench_via_nixl_without_the_plugin_names_nixl_plugin_dir_and_the_build_command() {
+    let empty = tempfile::tempdir().unwrap();
+    let empty_arg = path_str(empty.path());
+    let env = [("MEMKV_SERVERS", "127.0.0.1:9".to_string()), ("MEMKV_PYTHON", "/bin/false".to_string())];
+    let by_flag = memkv(&["bench", "--via", "nixl", "--nixl-plugin-dir", &empty_arg], &env);
+    let mut with_var = env.to_vec();
+    with_var.push(("NIXL_PLUGIN_DIR", empty_arg.clone()));
+    let by_env = memkv(&["bench", "--via", "nixl"], &with_var);
+    for (out, from) in [(by_flag, "--nixl-plugin-dir"), (by_env, "NIXL_PLUGIN_DIR")] {
+        assert_eq!(out.code, Some(2), "{out:?}");
+        let err = out.stderr.trim();
+        for text in [
+            &format!("{empty_arg} (from {from}) holds no libplugin_MEMKV.so"),
+            "cargo build --release -p memkv-nixl",
+            "NIXL_PLUGIN_DIR",
+        ] {
+            assert!(err.contains(text), "{text:?} missing: {out:?}");
+        }
+    }
+}
+
+/// A stand-in for a Python with nixl-cu12, speaking the driver's side of the contract that
+/// `memkv bench --via nixl` relies on (benches/nixl_kv.py): `--check` prints the version; a run
+/// prints NIXL log noise, then one JSON line per size, and exits 1 when a block differed. It
+/// records its arguments and the variables it was given. The real driver runs in
+/// tests/nixl/test_bench.py (scripts/test-nixl.sh).
+const FAKE_DRIVER: &str = r#"#!/bin/sh
+for a in "$@"; do
+  if [ "$a" = --check ]; then echo '{"nixl": "0.0-fake", "python": "sh"}'; exit 0; fi
+done
+here=$(dirname "$0")
+shift 2
+echo "$@" > "$here/args.txt"
+env | grep -E '^(MEMKV_|NIXL_PLUGIN_DIR=)' | sort > "$here/env.txt"
+echo '2026-01-01 NIXL INFO    _api.py:281 Initialized NIXL agent: fake'
+echo '{"block_bytes": 65536, "batch": 16, "handles": 2, "obj_register_us": 1.0, "phases": [{"op": "put", "blocks": 320, "seconds": 0.5, "gib_per_s": 0.04, "blocks_per_s": 640, "requests": 20, "p50_us": 900.5, "p99_us": 1500.0, "p999_us": 1600.0, "errors": 0, "first_error": null}, {"op": "get", "blocks": 160, "seconds": 0.5, "gib_per_s": 0.02, "blocks_per_s": 320, "requests": 10, "p50_us": 800.0, "p99_us": 1200.0, "p999_us": 1300.0, "errors": 1, "first_error": null}]}'
+exit 1
+"#;
+
+#[test]
+fn bench_via_nixl_turns_the_drivers_lines_into_rows_and_exits_1_on_a_mismatched_block() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("python");
+    std::fs::write(&fake, FAKE_DRIVER).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let plugin = tempfile::tempdir().unwrap();
+    std::fs::write(plugin.path().join("libplugin_MEMKV.so"), b"").unwrap();
+    let creds = Creds::new();
+    let node = Node::start(&creds, "127.0.0.64", &[]);
+    let svg = path_str(&dir.path().join("nixl.svg"));
+    let (fake_arg, plugin_arg) = (path_str(&fake), path_str(plugin.path()));
+    let args = [
+        "bench",
+        "--via",
+        "nixl",
+        "--size",
+        "64KiB",
+        "--duration",
+        "0.5",
+        "--connections",
+        "2",
+        "--transport",
+        "tcp",
+        "--json",
+        "--plot",
+        &svg,
+        "--python",
+        &fake_arg,
+        "--nixl-plugin-dir",
+        &plugin_arg,
+    ];
+    let out = run(cli_bin(), &args, &client_env(&creds, &node.data.to_string()), None, Duration::from_secs(40));
+    assert_eq!(out.code, Some(1), "a differing block fails the run: {out:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON rows even on failure");
+    let rows = rows.as_array().expect("rows");
+    let brief: Vec<(String, u64, u64, u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
+            (r["op"].as_str().unwrap().to_string(), n("size_bytes"), n("ops"), n("errors"), n("inflight"))
+        })
+        .collect();
+    assert_eq!(brief, [("put".into(), 65536, 320, 0, 32), ("get".into(), 65536, 160, 1, 32)], "{rows:?}");
+    assert_eq!(rows[0]["p50_us"], 900.5);
+    assert_eq!(rows[0]["connections"], 2);
+    assert_eq!(rows[0]["ops_per_s"], 640.0);
+
+    let given = std::fs::read_to_string(dir.path().join("args.txt")).expect("the driver ran");
+    assert_eq!(
+        given.trim(),
+        "--json --size 65536 --batch 16 --handles 2 --duration 0.5 --op both --max-blocks 1000000",
+        "--inflight 32 is 2 requests of 16 blocks"
+    );
+    let env = std::fs::read_to_string(dir.path().join("env.txt")).unwrap();
+    for line in [
+        format!("MEMKV_SERVERS={}", node.data),
+        "MEMKV_NUM_CONNECTIONS=2".to_string(),
+        "MEMKV_TRANSPORT=tcp".to_string(),
+        format!("MEMKV_AUTH_KEY={}", creds.auth_key),
+        format!("NIXL_PLUGIN_DIR={plugin_arg}"),
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line} not passed to the driver:\n{env}");
+    }
+    let doc = std::fs::read_to_string(&svg).expect("--plot is written on a failed run too");
+    assert!(doc.contains("--via nixl (NIXL 0.0-fake)") && doc.contains("transport tcp"), "{doc}");
+    assert_eq!(svg_polylines(&doc).len(), 2, "{doc}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@
 
 mod bench;
 mod bench_gpu;
+mod bench_nixl;
 mod license_cmd;
+mod plot;
 mod topo;
 
 use std::collections::BTreeMap;
@@ -183,7 +185,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Measure PUT/GET throughput and latency against the cluster
+    /// Measure PUT/GET throughput and latency against the cluster, through the client library
+    /// or (--via nixl) the NIXL agent and plugin; --plot draws GiB/s by block size as an SVG
     Bench(bench::BenchArgs),
     /// Show which RDMA NIC each GPU uses, the PCIe path between them and whether GPUDirect pays off
     Topo(topo::TopoArgs),

@@ -1,0 +1,49 @@
+"""`memkv bench --via nixl`: the same PUT/GET rows as the raw bench, measured through the real NIXL
+agent and libplugin_MEMKV.so by the driver embedded in memkv (benches/nixl_kv.py), run with this
+interpreter (MEMKV_PYTHON) and the plugin found next to memkv (no NIXL_PLUGIN_DIR)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import BIN, worker_env
+
+GIB = float(1 << 30)
+
+
+def bench(cluster, *args, timeout=120):
+    env = worker_env({**cluster.env(), "MEMKV_PYTHON": sys.executable})
+    env.pop("NIXL_PLUGIN_DIR", None)
+    p = subprocess.run(
+        [str(BIN / "memkv"), "bench", "--via", "nixl", "--no-progress", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout}\n{p.stderr[-3000:]}"
+    return json.loads(p.stdout)
+
+
+def test_bench_via_nixl_reports_verified_put_and_get_rows_and_plots_them(cluster, tmp_path):
+    svg = tmp_path / "nixl.svg"
+    rows = bench(cluster, "--size", "64KiB", "--duration", "0.5", "--plot", str(svg))
+    assert [r["op"] for r in rows] == ["put", "get"], rows
+    for r in rows:
+        assert r["size_bytes"] == 65536, r
+        assert r["ops"] > 0 and r["errors"] == 0 and r["misses"] == 0, r
+        assert r["inflight"] == 32 and r["connections"] == 4, r  # --inflight 32: 2 requests of 16 blocks
+        assert 0 < r["p50_us"] <= r["p99_us"] <= r["p999_us"], r
+        assert abs(r["gib_per_s"] - r["ops"] * 65536 / r["seconds"] / GIB) < 1e-9, r
+        assert r["ops"] % 16 == 0, "blocks move in whole requests of 16"
+    text = svg.read_text()
+    assert "--via nixl (NIXL " in text and text.count("<polyline") == 2, text
+
+
+def test_bench_via_nixl_get_fills_first_and_stops_at_count(cluster):
+    rows = bench(cluster, "--op", "get", "--size", "4KiB,1MiB", "--inflight", "4", "--count", "64", "--duration", "5")
+    assert [(r["op"], r["size_bytes"]) for r in rows] == [("get", 4096), ("get", 1 << 20)], rows
+    for r in rows:
+        # One request of 4 blocks in flight; --count 64 blocks, well before --duration.
+        assert r["inflight"] == 4 and r["ops"] == 64 and r["errors"] == 0, r
+        assert r["seconds"] < 5, r
