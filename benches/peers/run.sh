@@ -3,10 +3,14 @@
 # redis-server and libibverbs1 from Debian; the nixl-cu12 wheel and Mooncake Store's
 # mooncake-transfer-engine-non-cuda into .venv/), builds MemKV, starts on 127.0.0.1 one MemKV node,
 # one Redis, two iperf3 servers, a mooncake_master and a Mooncake segment holder, and runs
-# benches/peers/peers.py, which measures every system in alternation and writes
-# docs/benchmarks/peers.{csv,md,svg}.
+# benches/peers/peers.py, which measures every system in alternation (MemKV over TCP and over the
+# node's same-host shared memory, raw and through the NIXL plugin; Redis; Mooncake Store; NIXL UCX
+# over tcp and shm), checks issue 7's targets, and writes docs/benchmarks/peers.{csv,md,svg}.
+# Nothing else CPU-heavy should run meanwhile: peers.py reports the CPU other processes used.
 #
-#   benches/peers/run.sh [peers.py options]    e.g. --rounds 3 --seconds 5 --sizes 2MiB,4MiB
+#   benches/peers/run.sh [peers.py options]    e.g. --rounds 3 --seconds 3 --sizes 2MiB,4MiB
+#   defaults: 1 round of 3 s per op, sizes 4KiB..16MiB: about 6 minutes on 2 cores (--rounds 3:
+#   about 17). The medians over the rounds are reported.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -36,6 +40,9 @@ redis_port=6399
 bench_setup
 bench_credentials
 export MEMKV_SERVERS=127.0.0.1:$node_port
+# The node offers shared memory to same-host clients by default (MEMKV_SHM_SOCKET=auto); memkv-shm
+# and memkv-nixl-shm use it, memkv and memkv-nixl stay on TCP (bench_credentials sets
+# MEMKV_TRANSPORT=tcp, and peers.py names the transport of each system explicitly).
 bench_node 127.0.0.1 $node_port 6GiB
 redis-server --port $redis_port --bind 127.0.0.1 --save "" --appendonly no --maxmemory 4gb \
   > "$work/redis.log" 2>&1 &

@@ -5,7 +5,10 @@ WRITE (the PUT-like direction) copies 16 blocks from agent A's buffer into agent
 them back into a zeroed buffer of A; each direction runs for --duration seconds with one request
 of 16 blocks reposted as soon as it completes. UCX picks its transports from UCX_TLS: `tcp` is the
 peer of MemKV's TCP path, UCX's default (shared memory / CMA on one host) the peer of a same-host
-transport. Bytes are compared after each phase. Prints one JSON line.
+transport. Bytes are compared after each phase. Each transfer is timed from its post to the poll
+that sees it DONE (busy polling: one transfer in flight), and the p99 of those latencies is
+reported per phase; a transfer still in flight after --timeout seconds is an error. Prints one
+JSON line.
 
   UCX_TLS=tcp python benches/peers/ucx_peer.py --size 2MiB --duration 3
 """
@@ -30,6 +33,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="2MiB")
     ap.add_argument("--duration", type=float, default=3.0)
+    ap.add_argument("--timeout", type=float, default=30.0, help="most seconds one transfer may take")
     a = ap.parse_args()
     block = size(a.size)
     n = BATCH * block
@@ -51,13 +55,15 @@ def main():
     result = {"system": f"nixl-ucx-{os.environ.get('UCX_TLS', 'default')}", "block_bytes": block}
     for op, local in (("WRITE", src), ("READ", back)):
         h = one.initialize_xfer(op, descs(one, local.ctypes.data), far_descs, two.name)
-        moved, start = 0, time.perf_counter()
+        moved, lat_us, start = 0, [], time.perf_counter()
         while time.perf_counter() - start < a.duration:
+            t0 = time.perf_counter()
             s = one.transfer(h)
-            while s == "PROC":
+            while s == "PROC" and time.perf_counter() - t0 < a.timeout:
                 s = one.check_xfer_state(h)
             if s != "DONE":
-                raise RuntimeError(f"{op}: {s}")
+                raise RuntimeError(f"{op}: {s}" + (f" after {a.timeout:g} s" if s == "PROC" else ""))
+            lat_us.append((time.perf_counter() - t0) * 1e6)
             moved += n
         secs = time.perf_counter() - start
         one.release_xfer_handle(h)
@@ -65,6 +71,9 @@ def main():
         key = "put" if op == "WRITE" else "get"
         result[f"{key}_gib_per_s"] = moved / secs / (1 << 30)
         result[f"{key}_verified"] = ok
+        ordered = sorted(lat_us)
+        # p99 picked like `memkv bench` does (no interpolation)
+        result[f"{key}_p99_us"] = ordered[min(int(len(ordered) * 0.99), len(ordered) - 1)] if ordered else None
     print(json.dumps(result), flush=True)
     # With Debian's libibverbs1 installed (Mooncake needs it) but no RDMA device, the wheel's UCX
     # crashes while NIXL tears the agents down at exit (SIGSEGV after all work is done, seen with
