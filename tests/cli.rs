@@ -649,27 +649,6 @@ fn bench_both_runs_every_op_of_both_phases_without_errors_or_misses() {
     }
 }
 
-/// The `<polyline>` elements of a `--plot` SVG: (data-series, [(x, y)]), in document order.
-fn svg_polylines(svg: &str) -> Vec<(String, Vec<(f64, f64)>)> {
-    svg.lines()
-        .filter(|l| l.starts_with("<polyline"))
-        .map(|l| {
-            let attr = |k: &str| {
-                let start = l.find(&format!(" {k}=\"")).unwrap_or_else(|| panic!("no {k} in {l}")) + k.len() + 3;
-                l[start..start + l[start..].find('"').expect("closing quote")].to_string()
-            };
-            let pts = attr("points")
-                .split_whitespace()
-                .map(|p| {
-                    let (x, y) = p.split_once(',').expect("x,y");
-                    (x.parse().expect("x"), y.parse().expect("y"))
-                })
-                .collect();
-            (attr("data-series"), pts)
-        })
-        .collect()
-}
-
 #[test]
 fn bench_plot_writes_an_svg_with_one_line_per_op_through_the_measured_sizes() {
     let creds = Creds::new();
@@ -701,7 +680,7 @@ fn bench_plot_writes_an_svg_with_one_line_per_op_through_the_measured_sizes() {
     for text in ["--via raw", ">4 KiB<", ">64 KiB<", "block size", "GiB/s", ">put<", ">get<"] {
         assert!(doc.contains(text), "{text} missing:\n{doc}");
     }
-    let lines = svg_polylines(&doc);
+    let lines = common::svg::polylines(&doc);
     assert_eq!(lines.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["put", "get"], "{doc}");
     for (op, pts) in &lines {
         assert_eq!(pts.len(), 2, "{op}: {doc}");
@@ -884,7 +863,7 @@ fn bench_via_nixl_turns_the_drivers_lines_into_rows_and_exits_1_on_a_mismatched_
     }
     let doc = std::fs::read_to_string(&svg).expect("--plot is written on a failed run too");
     assert!(doc.contains("--via nixl (NIXL 0.0-fake)") && doc.contains("transport tcp"), "{doc}");
-    assert_eq!(svg_polylines(&doc).len(), 2, "{doc}");
+    assert_eq!(common::svg::polylines(&doc).len(), 2, "{doc}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -135,14 +135,20 @@ impl Lru {
         self.table.find(hash(key), |&i| self.slab[i as usize].key() == key).copied()
     }
 
+    /// Points the entry before a position (`p`, or the head when NIL) at `after_p`, and the
+    /// entry after it (`n`, or the tail when NIL) at `before_n`.
+    fn point_neighbours(&mut self, p: u32, n: u32, after_p: u32, before_n: u32) {
+        if p == NIL {
+            self.head = after_p
+        } else {
+            self.set_next(p, after_p)
+        }
+        if n == NIL { self.tail = before_n } else { self.set_prev(n, before_n) }
+    }
+
     fn unlink(&mut self, i: u32) {
         let (p, n) = (self.prev(i), self.next(i));
-        if p == NIL {
-            self.head = n
-        } else {
-            self.set_next(p, n)
-        }
-        if n == NIL { self.tail = p } else { self.set_prev(n, p) }
+        self.point_neighbours(p, n, n, p);
     }
 
     fn push_front(&mut self, i: u32) {
@@ -236,12 +242,7 @@ impl Lru {
                 None => unreachable!("every slab entry has a table entry"),
             }
             let (p, n) = (self.prev(last), self.next(last));
-            if p == NIL {
-                self.head = i
-            } else {
-                self.set_next(p, i)
-            }
-            if n == NIL { self.tail = i } else { self.set_prev(n, i) }
+            self.point_neighbours(p, n, i, i);
         }
         self.slab.swap_remove(i as usize)
     }

@@ -2,6 +2,8 @@
 //! for the test, and clients configured for them. Every process is killed when its handle drops.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod svg;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

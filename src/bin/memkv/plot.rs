@@ -224,6 +224,12 @@ pub(crate) fn svg(title: &str, series: &[Series]) -> String {
     s
 }
 
+/// The SVG reader the CLI tests use too.
+#[cfg(test)]
+#[allow(unreachable_pub, reason = "shared with tests/common, where it is public")]
+#[path = "../../../tests/common/svg.rs"]
+mod svg;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,26 +309,7 @@ mod tests {
         Ok(names)
     }
 
-    /// (x, y) pairs of each polyline, in document order, with its data-series name.
-    fn polylines(doc: &str) -> Vec<(String, Vec<(f64, f64)>)> {
-        doc.lines()
-            .filter(|l| l.starts_with("<polyline"))
-            .map(|l| {
-                let attr = |k: &str| {
-                    let start = l.find(&format!(" {k}=\"")).expect(k) + k.len() + 3;
-                    l[start..start + l[start..].find('"').expect("quote")].to_string()
-                };
-                let pts = attr("points")
-                    .split_whitespace()
-                    .map(|p| {
-                        let (x, y) = p.split_once(',').expect("x,y");
-                        (x.parse().expect("x"), y.parse().expect("y"))
-                    })
-                    .collect();
-                (attr("data-series"), pts)
-            })
-            .collect()
-    }
+    use super::svg::polylines;
 
     fn sweep(name: &str, gib: &[f64]) -> Series {
         let sizes = [4u64 << 10, 64 << 10, 1 << 20, 2 << 20, 4 << 20, 16 << 20];
