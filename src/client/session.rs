@@ -342,6 +342,28 @@ async fn send_hello<S: AsyncWrite + Unpin>(stream: &mut S, p: &SessionParams<'_>
     Ok(nonce)
 }
 
+/// Waits for the next frames to send and takes up to `max` of them into `batch`; 0 once the
+/// queue is closed and empty. After the first frame arrives the task yields once, so that the
+/// tasks already runnable on this worker (the callers answered by the same read) queue theirs
+/// first and they all leave in one `writev`. Without it the writer, woken into the worker's
+/// next-task slot by the first caller, wrote each request alone: one send system call per
+/// request, and on loopback every send also runs the peer's receive path.
+async fn next_batch<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) -> usize {
+    if rx.recv_many(batch, max).await == 0 {
+        return 0;
+    }
+    if batch.len() < max {
+        tokio::task::yield_now().await;
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(t) => batch.push(t),
+                Err(_) => break,
+            }
+        }
+    }
+    batch.len()
+}
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut mac: DirectionMac,
@@ -352,7 +374,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut batch: Vec<Outgoing> = Vec::with_capacity(WRITE_BATCH);
     let mut failure = None;
     // Everything queued so far (up to WRITE_BATCH) goes out in one writev.
-    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+    while next_batch(&mut rx, &mut batch, WRITE_BATCH).await > 0 {
         let mut frames: Vec<FrameOut<'_>> = batch
             .iter_mut()
             .map(|o| FrameOut {
@@ -485,4 +507,68 @@ async fn read_placed<R: AsyncRead + Unpin>(
         crcs.push(rd.read_into_crc(unsafe { targets[j].slice() }).await?);
     }
     Ok(crcs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape of a pipelined client: one read answers several callers at once, each queues
+    /// its next request, and the writer must send them together.
+    #[test]
+    fn requests_queued_by_callers_woken_together_leave_in_one_batch() {
+        const CALLERS: usize = 5;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().expect("runtime");
+        let batches = rt.block_on(async {
+            let (tx, mut rx) = mpsc::channel::<usize>(SEND_QUEUE);
+            let writer = tokio::spawn(async move {
+                let mut sizes = Vec::new();
+                let mut batch = Vec::new();
+                while next_batch(&mut rx, &mut batch, WRITE_BATCH).await > 0 {
+                    sizes.push(batch.len());
+                    batch.clear();
+                }
+                sizes
+            });
+            let mut answers = Vec::new();
+            for i in 0..CALLERS {
+                let (answer, wait) = oneshot::channel::<()>();
+                answers.push(answer);
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    if wait.await.is_ok() {
+                        let _ = tx.send(i).await;
+                    }
+                });
+            }
+            drop(tx);
+            // The "reader": one task answers every caller, as one socket read would.
+            tokio::spawn(async move {
+                for a in answers {
+                    let _ = a.send(());
+                }
+            })
+            .await
+            .expect("reader");
+            writer.await.expect("writer")
+        });
+        assert_eq!(batches, vec![CALLERS], "every request queued by the woken callers goes in the first batch");
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_at_most_max_and_ends_when_the_queue_closes() {
+        let (tx, mut rx) = mpsc::channel::<u32>(16);
+        for i in 0..10 {
+            tx.send(i).await.expect("queued");
+        }
+        drop(tx);
+        let mut batch = Vec::new();
+        assert_eq!(next_batch(&mut rx, &mut batch, 4).await, 4);
+        assert_eq!(batch, [0, 1, 2, 3]);
+        batch.clear();
+        assert_eq!(next_batch(&mut rx, &mut batch, 8).await, 6);
+        assert_eq!(batch, [4, 5, 6, 7, 8, 9]);
+        batch.clear();
+        assert_eq!(next_batch(&mut rx, &mut batch, 8).await, 0);
+    }
 }

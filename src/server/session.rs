@@ -34,13 +34,14 @@ use crate::wire::{
     self, ABSENT, BatchGetAnswer, BatchPutEntry, Flags, Header, MAC_LEN, MAX_BATCH_PAYLOAD, Op, Status, WireError,
 };
 
-/// Answers queued between the read loop and the write task.
-const REPLY_QUEUE: usize = 256;
+/// Batches of answers queued between the read loop and the write task (at most
+/// [`WRITE_BATCH`] answers each).
+const REPLY_QUEUE: usize = 8;
 /// A connection that has not completed its HELLO by then is closed (it holds a task and a socket).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a peer to close after we closed our side.
 const LINGER: Duration = Duration::from_secs(1);
-/// Most answers sealed into one `writev`.
+/// Most answers handed to the write task at once, and sealed into one `writev`.
 const WRITE_BATCH: usize = 64;
 
 /// What an answer carries after its meta.
@@ -139,8 +140,11 @@ where
     let writer = tokio::spawn(write_loop(wr, keys.send, rx, payload_mac, Arc::clone(&ctx)));
     let reads = Arc::new(tokio::sync::RwLock::new(()));
     let leases = Leases::new(ctx.lease_timeout);
-    let mut conn = Conn { rd, recv: keys.recv, tx, ctx, peer, payload_mac, reads, leases, qps: Vec::new() };
+    let mut conn =
+        Conn { rd, recv: keys.recv, tx, out: Vec::new(), ctx, peer, payload_mac, reads, leases, qps: Vec::new() };
     conn.read_loop().await;
+    // The answers of the last requests read, and the error that ended the loop, if any.
+    conn.flush().await;
     let Conn { mut rd, tx, mut leases, ctx, qps, .. } = conn;
     // The peer is gone or going: nothing of its leases can be committed any more. Its queue
     // pairs go first, so that no RDMA access reaches the memory the leases free.
@@ -291,7 +295,11 @@ where
 struct Conn<R> {
     rd: FrameReader<R>,
     recv: DirectionMac,
-    tx: mpsc::Sender<Reply>,
+    tx: mpsc::Sender<Vec<Reply>>,
+    /// Answers not yet handed to the write task: they go together once the read buffer holds no
+    /// further whole request, so that a burst of pipelined requests costs one wake-up of the
+    /// write task and one `writev`, not one of each per request.
+    out: Vec<Reply>,
     ctx: Arc<Ctx>,
     peer: String,
     /// Reservations and pins of the one-sided ops.
@@ -319,17 +327,33 @@ struct EntryOutcome {
 }
 
 impl<R: AsyncRead + Unpin> Conn<R> {
-    async fn send(&self, r: Reply) -> bool {
+    /// Queues an answer (sent at the next [`flush`](Self::flush)). False when the write task is
+    /// gone.
+    async fn send(&mut self, r: Reply) -> bool {
         if r.header.status != 0 {
             self.ctx.stats.error(r.header.status());
         }
-        self.tx.send(r).await.is_ok()
+        self.out.push(r);
+        self.out.len() < WRITE_BATCH || self.flush().await
+    }
+
+    /// Hands the queued answers to the write task. False when it is gone.
+    async fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return !self.tx.is_closed();
+        }
+        let batch = std::mem::replace(&mut self.out, Vec::with_capacity(WRITE_BATCH));
+        self.tx.send(batch).await.is_ok()
     }
 
     async fn read_loop(&mut self) {
         let mut shutdown = self.ctx.shutdown.clone();
         let mut sweep = tokio::time::interval((self.ctx.lease_timeout / 2).max(Duration::from_millis(50)));
         loop {
+            // Before waiting on the socket, send what the requests read so far answered.
+            if !self.rd.head_buffered() && !self.flush().await {
+                return;
+            }
             let next = tokio::select! {
                 f = self.rd.read_head() => f,
                 _ = shutdown.wait_for(|s| *s) => return,
@@ -362,6 +386,11 @@ impl<R: AsyncRead + Unpin> Conn<R> {
                 self.ctx.stats.auth_failure(why);
                 tracing::warn!(peer = %self.peer, error = %e, "frame failed authentication; closing connection");
                 self.send(Reply::error(&f.header, e.status(), e.to_string())).await;
+                return;
+            }
+            // The same before waiting on the socket for a payload.
+            let payload = f.header.length + if f.header.length > 0 && self.payload_mac { MAC_LEN as u64 } else { 0 };
+            if (self.rd.buffered_len() as u64) < payload && !self.flush().await {
                 return;
             }
             if !self.dispatch(f).await {
@@ -780,13 +809,15 @@ pub(super) fn object_range(obj: &Object, offset: u64, length: u64) -> Result<Ran
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut mac: DirectionMac,
-    mut rx: mpsc::Receiver<Reply>,
+    mut rx: mpsc::Receiver<Vec<Reply>>,
     payload_mac: bool,
     ctx: Arc<Ctx>,
 ) {
-    let mut batch: Vec<Reply> = Vec::with_capacity(WRITE_BATCH);
-    // Everything queued so far (up to WRITE_BATCH) goes out in one writev.
-    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+    let mut queued: Vec<Vec<Reply>> = Vec::with_capacity(REPLY_QUEUE);
+    // Everything queued so far goes out in one writev (or as few as IOV_MAX allows).
+    while rx.recv_many(&mut queued, REPLY_QUEUE).await > 0 {
+        let mut batch: Vec<Reply> =
+            if queued.len() == 1 { queued.remove(0) } else { queued.drain(..).flatten().collect() };
         for r in batch.iter_mut() {
             if r.settle().await && r.header.status != 0 {
                 ctx.stats.error(r.header.status());
@@ -800,8 +831,6 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             Ok(bytes) => ctx.stats.add_out(bytes),
             Err(_) => break,
         }
-        drop(frames);
-        batch.clear();
     }
     let _ = wr.shutdown().await;
 }

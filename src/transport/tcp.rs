@@ -112,6 +112,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Self { inner: BufReader::with_capacity(READ_BUF, r), limits }
     }
 
+    /// Whether the next frame head is already in the read buffer (reading it needs no system
+    /// call).
+    pub(crate) fn head_buffered(&self) -> bool {
+        let b = self.inner.buffer();
+        Header::peek_meta_len(b).is_some_and(|m| b.len() as u64 >= (HEADER_LEN + MAC_LEN) as u64 + u64::from(m))
+    }
+
+    /// Bytes in the read buffer (received, not yet consumed).
+    pub(crate) fn buffered_len(&self) -> usize {
+        self.inner.buffer().len()
+    }
+
     /// Reads the next frame head. A clean close before the first byte is [`FrameError::Closed`].
     pub(crate) async fn read_head(&mut self) -> Result<FrameHead, FrameError> {
         let mut raw = [0u8; HEADER_LEN];
@@ -311,6 +323,26 @@ mod tests {
         assert_eq!(&dst, b"hello");
         writer.await.unwrap();
         assert!(matches!(r.read_head().await, Err(FrameError::Closed)));
+    }
+
+    /// The node sends its answers once no whole request is left in the read buffer: this is
+    /// how it tells.
+    #[tokio::test]
+    async fn a_head_counts_as_buffered_only_once_all_of_it_has_arrived() {
+        let mut h = Header::request(Op::Get, 1);
+        h.meta_len = 4;
+        let one = frame_prefix(&h.encode(), b"key1", &[1u8; MAC_LEN]);
+        // What arrives after the first head: nothing, part of a header, a header without all of
+        // its meta and MAC, a whole head.
+        for (then, whole) in [(0, false), (10, false), (HEADER_LEN + 2, false), (one.len(), true)] {
+            let (mut a, b) = tokio::io::duplex(1 << 16);
+            let mut r = FrameReader::new(b, Limits::default());
+            assert!(!r.head_buffered() && r.buffered_len() == 0);
+            a.write_all(&[one.as_slice(), &one[..then]].concat()).await.unwrap();
+            r.read_head().await.unwrap();
+            assert_eq!(r.buffered_len(), then, "the bytes after the first head came in the same read");
+            assert_eq!(r.head_buffered(), whole, "{then} bytes after the first head");
+        }
     }
 
     #[test]

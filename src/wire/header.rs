@@ -348,6 +348,13 @@ impl Header {
         b
     }
 
+    /// The meta length of the header at the start of `b`, without checking anything else; `None`
+    /// while `b` holds less than a header. Lets a reader tell whether a whole frame head is
+    /// already buffered.
+    pub fn peek_meta_len(b: &[u8]) -> Option<u32> {
+        b.get(28..32).filter(|_| b.len() >= HEADER_LEN).map(|m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]))
+    }
+
     /// Decodes and bounds-checks a header. Magic and version are checked first so that a
     /// stream from a newer peer is answered with [`WireError::UnsupportedVersion`].
     pub fn decode(b: &[u8; HEADER_LEN], limits: &Limits) -> Result<Self, WireError> {
@@ -415,6 +422,17 @@ pub fn check_key(key: &[u8]) -> Result<(), WireError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn peek_meta_len_reads_the_meta_length_of_a_whole_header_only() {
+        let mut h = Header::request(Op::Put, 3);
+        h.meta_len = 1234;
+        let raw = h.encode();
+        assert_eq!(Header::peek_meta_len(&raw), Some(1234));
+        assert_eq!(Header::peek_meta_len(&[raw.as_slice(), b"more"].concat()), Some(1234));
+        assert_eq!(Header::peek_meta_len(&raw[..HEADER_LEN - 1]), None);
+        assert_eq!(Header::peek_meta_len(&[]), None);
+    }
 
     fn arb_header() -> impl Strategy<Value = Header> {
         (
