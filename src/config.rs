@@ -326,6 +326,14 @@ const P_STATS_INTERVAL_S: Param = Param {
     help: "How often the client logs one summary line of its MR cache and staging counters, in seconds (only when something changed).",
     role: Role::Client,
 };
+const P_THREADS: Param = Param {
+    key: "threads",
+    env: "MEMKV_THREADS",
+    default: Some("auto"),
+    range: "1..=256, or `auto`: the number of CPUs",
+    help: "Worker threads of the node's runtime. Where the node shares a small host with its clients (a benchmark, a test box), fewer threads save cross-thread wake-ups: on 2 cores, one node thread and one client I/O thread (`io_threads`) carry about 1.5x the 4 KiB operations of the defaults (docs/benchmarks.md).",
+    role: Role::Server,
+};
 const P_LISTEN: Param = Param {
     key: "listen",
     env: "MEMKV_LISTEN",
@@ -500,6 +508,7 @@ pub const PARAMS: &[Param] = &[
     P_MR_CACHE_MAX_GB,
     P_PROMETHEUS_BIND,
     P_STATS_INTERVAL_S,
+    P_THREADS,
     P_LISTEN,
     P_ADMIN_LISTEN,
     P_SHM_SOCKET,
@@ -1174,6 +1183,8 @@ pub fn parse_gpu_nic_map(s: &str) -> Result<Vec<GpuNicRule>, String> {
 /// Everything a node needs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// Worker threads of the node's runtime, 1..=256.
+    pub threads: usize,
     /// Data-plane listen address.
     pub listen: SocketAddr,
     /// Admin/metrics listen address.
@@ -1329,15 +1340,9 @@ impl ClientConfig {
             checked.map(|()| s.to_string()).map_err(|e| format!("{e}; expected {}", P_NAMESPACE.range))
         })?;
         let payload_mac = r.parse_with(&P_PAYLOAD_MAC, parse_bool)?;
-        let io_threads = r.parse_with(&P_IO_THREADS, |s| match s.to_ascii_lowercase().as_str() {
-            // More threads than cores only makes the runtime compete with the node and the
-            // application on small hosts; past 4 a client gains little (docs/benchmarks.md).
-            "auto" => Ok(std::thread::available_parallelism().map_or(1, |n| n.get()).min(4)),
-            v => match v.parse::<usize>() {
-                Ok(n) if (1..=64).contains(&n) => Ok(n),
-                _ => Err(format!("expected {}", P_IO_THREADS.range)),
-            },
-        })?;
+        // More threads than cores only makes the runtime compete with the node and the
+        // application on small hosts; past 4 a client gains little (docs/benchmarks.md).
+        let io_threads = r.threads(&P_IO_THREADS, 4, 64)?;
         let mem = r.mem()?;
         let rdma = r.rdma()?;
         Ok(Self {
@@ -1452,7 +1457,9 @@ impl ServerConfig {
         let lease_timeout = r.millis(&P_LEASE_TIMEOUT_MS, 100, 3_600_000)?;
         let shutdown_grace = r.millis(&P_SHUTDOWN_GRACE_MS, 0, 600_000)?;
         let storage = storage(&r)?;
+        let threads = r.threads(&P_THREADS, usize::MAX, 256)?;
         Ok(Self {
+            threads,
             listen,
             admin_listen,
             shm_socket,
@@ -1790,6 +1797,17 @@ impl<'a> Resolver<'a> {
         self.int(p, lo, hi).map(Duration::from_millis)
     }
 
+    /// A thread count in 1..=`hi`, or `auto`: the number of CPUs, at most `auto_max`.
+    fn threads(&self, p: &'static Param, auto_max: usize, hi: usize) -> Result<usize, ConfigError> {
+        self.parse_with(p, |s| match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(std::thread::available_parallelism().map_or(1, |n| n.get()).min(auto_max)),
+            v => match v.parse::<usize>() {
+                Ok(n) if (1..=hi).contains(&n) => Ok(n),
+                _ => Err(format!("expected {}", p.range)),
+            },
+        })
+    }
+
     /// The client's memory settings.
     fn mem(&self) -> Result<MemConfig, ConfigError> {
         let rdma_devices =
@@ -2116,6 +2134,19 @@ mod tests {
         for bad in ["0", "65", "many"] {
             let e = client(&[("io_threads", bad)], CLIENT_BASE).unwrap_err().to_string();
             assert!(e.contains("expected 1..=64, or `auto`"), "{e}");
+        }
+    }
+
+    #[test]
+    fn node_threads_are_a_count_or_auto() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(server(&[], SERVER_BASE).unwrap().threads, cpus);
+        assert_eq!(server(&[("threads", "Auto")], SERVER_BASE).unwrap().threads, cpus);
+        assert_eq!(server(&[], &[SERVER_BASE, &[("MEMKV_THREADS", "1")]].concat()).unwrap().threads, 1);
+        assert_eq!(server(&[("threads", "256")], SERVER_BASE).unwrap().threads, 256);
+        for bad in ["0", "257", "two"] {
+            let e = server(&[("threads", bad)], SERVER_BASE).unwrap_err().to_string();
+            assert!(e.contains("expected 1..=256, or `auto`"), "{e}");
         }
     }
 

@@ -88,6 +88,9 @@ struct Args {
     /// Segment file size on the drives [env: MEMKV_SEGMENT_SIZE] [default: 64MiB]
     #[arg(long, value_name = "SIZE")]
     segment_size: Option<String>,
+    /// Worker threads of the node's runtime, or auto: the number of CPUs [env: MEMKV_THREADS] [default: auto]
+    #[arg(long, value_name = "N")]
+    threads: Option<String>,
     /// Log format (level via MEMKV_LOG, e.g. `debug`)
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -116,6 +119,7 @@ impl Args {
             ("flush_interval_ms", &self.flush_interval_ms),
             ("drive_queue", &self.drive_queue),
             ("segment_size", &self.segment_size),
+            ("threads", &self.threads),
         ];
         let mut m: BTreeMap<String, String> = pairs
             .into_iter()
@@ -152,7 +156,12 @@ fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("memkv-server").build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.threads)
+        .enable_all()
+        .thread_name("memkv-server")
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };
