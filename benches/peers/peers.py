@@ -8,11 +8,19 @@ round), with the data verified:
                  the client library checks every GET's CRC32C, and every --verify-every'th GET is
                  also compared byte for byte)
   memkv-shm      the same with --transport shm: the node's same-host shared-memory transport
+  memkv-1t       memkv with one thread in each process, as Redis and redis-benchmark run: a second
+                 node started with MEMKV_THREADS=1, the client with MEMKV_IO_THREADS=1 (on 2 cores
+                 shared by both, two threads each mostly buy cross-thread wake-ups)
+  memkv-1t-batch4  memkv-1t with 4 blocks per request (PUT_BATCH/GET_BATCH, 8 in flight), the shape
+                 of Redis's pipeline of 4
   memkv-nixl     benches/nixl_kv.py: the NIXL agent + libplugin_MEMKV.so over TCP
                  (MEMKV_TRANSPORT=tcp; 16 blocks x 4 requests; every onboarded block compared)
   memkv-nixl-shm the same with MEMKV_TRANSPORT=shm
-  redis          Debian's redis-server + redis-benchmark (SET/GET, 8 connections, pipeline 4), plus
-                 one SET/GET round trip per size compared byte for byte over RESP
+  redis          Debian's redis-server + redis-benchmark (SET/GET, 8 connections, pipeline 4, over
+                 as many random keys as memkv uses at that size: `-r`, so the server stores distinct
+                 objects as MemKV does; redis-benchmark sends one value buffer, hot in cache, where
+                 memkv reads 256 MiB of distinct values), plus one SET/GET round trip per size
+                 compared byte for byte over RESP
   mooncake       Mooncake Store over TCP: mooncake_master + a segment-holding process + this client
                  (batch_put_from / batch_get_into of 16 blocks; bytes compared)
   nixl-ucx-tcp   NIXL's UCX backend between two agents, UCX_TLS=tcp (peer of a TCP path)
@@ -57,7 +65,8 @@ TCP_PEERS = ["redis", "mooncake", "nixl-ucx-tcp"]
 LATENCY_UNIT = {
     "memkv": "one block (one request)",
     "memkv-shm": "one block (one request)",
-    "memkv-batch4": "one request of 4 blocks (PUT_BATCH/GET_BATCH, 8 in flight)",
+    "memkv-1t": "one block (one request)",
+    "memkv-1t-batch4": "one request of 4 blocks (PUT_BATCH/GET_BATCH, 8 in flight)",
     "memkv-nixl": "one NIXL request of 16 blocks",
     "memkv-nixl-shm": "one NIXL request of 16 blocks",
     "redis": "one command (redis-benchmark, pipeline 4)",
@@ -104,12 +113,20 @@ def pick_p99(lat_us):
 # ---- systems: each returns {op: (GiB/s, ops/s, p99 us or None, verified)} ------------------------
 
 
-def memkv(transport, batch=1):
-    """`memkv bench`: 32 blocks in flight over 4 connections, `batch` blocks per request."""
+def memkv_keys(block):
+    """How many distinct keys `memkv bench` writes at this size (its default: as many as fit
+    256 MiB of values, 8..=4096); Redis gets as many."""
+    return max(8, min(4096, (256 << 20) // block))
+
+
+def memkv(transport, batch=1, one_thread=False):
+    """`memkv bench`: 32 blocks in flight over 4 connections, `batch` blocks per request;
+    `one_thread`: against the one-thread node, with one client I/O thread."""
     def measure(a, block):
+        env = {**os.environ, "MEMKV_SERVERS": a.node_1t, "MEMKV_IO_THREADS": "1"} if one_thread else None
         rows = run_json([a.bin / "memkv", "--transport", transport, "bench", "--op", "both", "--size", str(block),
                          "--connections", "4", "--inflight", "32", "--batch", str(batch), "--duration", str(a.seconds),
-                         "--verify-every", str(a.verify_every), "--json", "--no-progress"])
+                         "--verify-every", str(a.verify_every), "--json", "--no-progress"], env=env)
         out = {}
         for r in rows:
             verified = r.get("errors", 0) == 0 and r.get("misses", 0) == 0
@@ -150,7 +167,7 @@ def redis(a, block):
         ok = resp(s, b"GET", b"peers-verify") == value
     n = int(max(200, min(300_000, a.seconds * 1.5 * GIB / block)))
     p = subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(a.redis_port), "-t", "set,get", "-d",
-                        str(block), "-n", str(n), "-c", "8", "-P", "4", "--csv"],
+                        str(block), "-r", str(memkv_keys(block)), "-n", str(n), "-c", "8", "-P", "4", "--csv"],
                        capture_output=True, text=True, timeout=600, check=True)
     # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms",...
     header = [c.strip('"') for c in p.stdout.splitlines()[0].split(",")]
@@ -184,9 +201,10 @@ def mooncake(a, block):
                  r[f"{op}_verified"]) for op in ("put", "get")}
 
 
-# memkv-batch4 is memkv with 4 blocks per request: Redis's pipelining (`redis-benchmark -P 4`),
+# memkv-1t-batch4 is memkv-1t with 4 blocks per request: Redis's pipelining (`redis-benchmark -P 4`),
 # and KVBM's batches, are the same idea.
-SYSTEMS = {"memkv": memkv("tcp"), "memkv-shm": memkv("shm"), "memkv-batch4": memkv("tcp", 4),
+SYSTEMS = {"memkv": memkv("tcp"), "memkv-shm": memkv("shm"), "memkv-1t": memkv("tcp", one_thread=True),
+           "memkv-1t-batch4": memkv("tcp", 4, one_thread=True),
            "memkv-nixl": memkv_nixl("tcp"),
            "memkv-nixl-shm": memkv_nixl("shm"), "redis": redis, "mooncake": mooncake,
            "nixl-ucx-tcp": ucx("tcp"), "nixl-ucx-shm": ucx(None)}
@@ -294,7 +312,7 @@ class ForeignLoad:
 
 # ---- report -------------------------------------------------------------------------------------
 
-COLORS = {"memkv": "#d62728", "memkv-shm": "#9400d3", "memkv-batch4": "#ff7f0e", "memkv-nixl": "#d62728", "memkv-nixl-shm": "#9400d3",
+COLORS = {"memkv": "#d62728", "memkv-shm": "#9400d3", "memkv-1t": "#e377c2", "memkv-1t-batch4": "#ff7f0e", "memkv-nixl": "#d62728", "memkv-nixl-shm": "#9400d3",
           "redis": "#1f77b4", "mooncake": "#8c564b", "nixl-ucx-tcp": "#2ca02c", "nixl-ucx-shm": "#17becf"}
 DASHED = {"memkv-nixl", "memkv-nixl-shm", "nixl-ucx-shm"}
 
@@ -494,11 +512,12 @@ def report(a, sizes, systems, rows, ceilings, load_summary, failures, busy, meta
     targets.append(pairwise(f"4 KiB and 64 KiB, memkv ≥ {MOONCAKE_RATIO:g}x mooncake", "memkv", "mooncake", SMALL,
                             MOONCAKE_RATIO))
     targets.append(pairwise("4 KiB and 64 KiB, memkv ≥ redis", "memkv", "redis", SMALL, 1.0))
-    if "memkv-batch4" in systems:
-        targets.append(pairwise("4 KiB and 64 KiB, memkv-batch4 (4 blocks per request, as Redis's pipeline of 4) "
-                                "≥ redis", "memkv-batch4", "redis", SMALL, 1.0))
-        targets.append(pairwise(f"4 KiB and 64 KiB, memkv-batch4 ≥ {MOONCAKE_RATIO:g}x mooncake", "memkv-batch4",
-                                "mooncake", SMALL, MOONCAKE_RATIO))
+    for name, what in (("memkv-1t", "one thread per process, as Redis"),
+                       ("memkv-1t-batch4", "one thread per process and 4 blocks per request, as Redis's pipeline of 4")):
+        if name in systems:
+            targets.append(pairwise(f"4 KiB and 64 KiB, {name} ({what}) ≥ redis", name, "redis", SMALL, 1.0))
+            targets.append(pairwise(f"4 KiB and 64 KiB, {name} ≥ {MOONCAKE_RATIO:g}x mooncake", name, "mooncake",
+                                    SMALL, MOONCAKE_RATIO))
     lat_cells = []
     for op, b in cells_of(SMALL):
         have = [f"{n} {p99[(n, op, b)]:,.0f}" for n in systems if (n, op, b) in p99]
@@ -598,6 +617,8 @@ def main():
     ap.add_argument("--verify-every", type=int, default=16,
                     help="memkv and memkv-shm compare every Nth GET byte for byte (default 16; 1 = every GET)")
     ap.add_argument("--redis-port", type=int, default=6399)
+    ap.add_argument("--node-1t", default="127.0.0.2:9995",
+                    help="the MemKV node started with MEMKV_THREADS=1, for the memkv-1t rows (default 127.0.0.2:9995)")
     ap.add_argument("--mooncake-python", default=sys.executable, help="a python with mooncake installed")
     ap.add_argument("--iperf-ports", default="5299,5300")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "peers")

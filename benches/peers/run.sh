@@ -33,6 +33,7 @@ if ! "$mc/bin/python" -c "import mooncake.store, numpy" 2>/dev/null; then
 fi
 bin=$root/target/release
 node_port=9985
+node_1t_port=9995
 redis_port=6399
 
 # shellcheck source=../lib.sh
@@ -44,6 +45,8 @@ export MEMKV_SERVERS=127.0.0.1:$node_port
 # and memkv-nixl-shm use it, memkv and memkv-nixl stay on TCP (bench_credentials sets
 # MEMKV_TRANSPORT=tcp, and peers.py names the transport of each system explicitly).
 bench_node 127.0.0.1 $node_port 6GiB
+# The node of the memkv-1t rows: one runtime thread, as redis-server has (peers.py --node-1t).
+MEMKV_THREADS=1 bench_node 127.0.0.2 $node_1t_port 2GiB
 redis-server --port $redis_port --bind 127.0.0.1 --save "" --appendonly no --maxmemory 4gb \
   > "$work/redis.log" 2>&1 &
 pids+=($!)
@@ -65,4 +68,5 @@ for _ in $(seq 1 100); do grep -q holding "$work/mooncake-holder.log" 2>/dev/nul
 grep -q holding "$work/mooncake-holder.log" || { tail -5 "$work/mooncake-holder.log"; exit 1; }
 
 "$py" benches/peers/peers.py --bin "$bin" --redis-port $redis_port --iperf-ports 5299,5300 \
+  --node-1t 127.0.0.2:$node_1t_port \
   --mooncake-python "$mc/bin/python" "$@"
