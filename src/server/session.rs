@@ -342,7 +342,9 @@ impl<R: AsyncRead + Unpin> Conn<R> {
         if self.out.is_empty() {
             return !self.tx.is_closed();
         }
-        let batch = std::mem::replace(&mut self.out, Vec::with_capacity(WRITE_BATCH));
+        // The next burst is likely the size of this one.
+        let next = Vec::with_capacity(self.out.len());
+        let batch = std::mem::replace(&mut self.out, next);
         self.tx.send(batch).await.is_ok()
     }
 
