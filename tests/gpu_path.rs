@@ -37,12 +37,21 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The counter is process-wide: the tests of this file take turns, so that one test's
+/// allocations (or a failing test's backtrace) never count against another's.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed)).collect()
 }
 
 #[test]
 fn staged_blocks_round_trip_through_live_nodes_byte_exact() {
+    let _turn = one_at_a_time();
     let creds = Creds::new();
     let nodes: Vec<Node> = ["127.0.8.1", "127.0.8.2"].iter().map(|ip| Node::start(&creds, ip, &[])).collect();
     let client = creds.client(&nodes.iter().collect::<Vec<_>>(), &[]);
@@ -168,6 +177,7 @@ fn allocations_per_post(client: &memkv::Client, rt: &tokio::runtime::Runtime, n:
 
 #[test]
 fn prepared_posts_allocate_per_node_not_per_descriptor() {
+    let _turn = one_at_a_time();
     let creds = Creds::new();
     let node = Node::start(&creds, "127.0.8.3", &[]);
     // One connection: frames of both sizes take the same path.

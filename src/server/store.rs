@@ -451,31 +451,19 @@ impl Store {
             return Err(StoreError::TooLarge { size: total, max: self.max_object });
         }
         let now = Instant::now();
-        {
-            let mut ix = self.index.lock();
-            if let Some(p) = ix.partial.get_mut(key)
-                && p.buf.len() == total
-            {
-                if let Some(&w) = p.writing.iter().find(|&&w| overlaps(w, (offset, end))) {
-                    return Err(StoreError::BadRange(format!(
-                        "range {offset}..{end} overlaps range {}..{} that another writer is sending now",
-                        w.0, w.1
-                    )));
-                }
-                p.writing.push((offset, end));
-                p.touched = now;
-                return Ok(PartWrite {
-                    key: key.into(),
-                    buf: Arc::clone(&p.buf),
-                    generation: p.generation,
-                    offset,
-                    len,
-                });
-            }
+        if let Some(w) = Self::join_part(&mut self.index.lock(), key, (offset, end), total, now)? {
+            return Ok(w);
         }
         // New partial object (or one with a different size): reserve outside the index lock.
         let buf = Arc::new(self.reserve(total)?.into_partial());
         let mut ix = self.index.lock();
+        // A first part of the same object begun at the same moment (on another connection) may
+        // have created it meanwhile: join that one, so that neither part is acknowledged into a
+        // buffer that the other replaced. Ours goes back to the arena (after the lock, as `buf`
+        // was declared before `ix`).
+        if let Some(w) = Self::join_part(&mut ix, key, (offset, end), total, now)? {
+            return Ok(w);
+        }
         let generation = ix.next_generation;
         ix.next_generation += 1;
         let old = ix.partial.insert(
@@ -485,6 +473,34 @@ impl Store {
         drop(ix);
         drop(old);
         Ok(PartWrite { key: key.into(), buf, generation, offset, len })
+    }
+
+    /// Registers `range` with the partial object `key` when one of `total` bytes exists.
+    fn join_part(
+        ix: &mut Index,
+        key: &[u8],
+        range: (u64, u64),
+        total: u64,
+        now: Instant,
+    ) -> Result<Option<PartWrite>, StoreError> {
+        let Some(p) = ix.partial.get_mut(key).filter(|p| p.buf.len() == total) else {
+            return Ok(None);
+        };
+        if let Some(&w) = p.writing.iter().find(|&&w| overlaps(w, range)) {
+            return Err(StoreError::BadRange(format!(
+                "range {}..{} overlaps range {}..{} that another writer is sending now",
+                range.0, range.1, w.0, w.1
+            )));
+        }
+        p.writing.push(range);
+        p.touched = now;
+        Ok(Some(PartWrite {
+            key: key.into(),
+            buf: Arc::clone(&p.buf),
+            generation: p.generation,
+            offset: range.0,
+            len: range.1 - range.0,
+        }))
     }
 
     /// Ends a ranged write. With `ok` (CRC matched) the range counts as received; when the whole
@@ -623,6 +639,39 @@ mod tests {
         let o = s.get(b"k").unwrap();
         assert_eq!(o.bytes(), b"12345678");
         assert_eq!(o.crc(), crc32c::crc32c(b"12345678"));
+    }
+
+    /// The first parts of a new object, begun at the same moment on several threads (one per
+    /// connection the client's staging pipeline uses), all land in one partial object: none is
+    /// acknowledged into a buffer that a concurrent first part replaced.
+    #[test]
+    fn first_parts_begun_concurrently_join_one_partial_object() {
+        const PARTS: usize = 4;
+        let s = Arc::new(store(1 << 20));
+        for round in 0..300 {
+            let key = format!("k{round}");
+            let start = Arc::new(std::sync::Barrier::new(PARTS));
+            let writers: Vec<_> = (0..PARTS)
+                .map(|i| {
+                    let (s, key, start) = (Arc::clone(&s), key.clone(), Arc::clone(&start));
+                    std::thread::spawn(move || {
+                        start.wait();
+                        let mut w = s.begin_part(key.as_bytes(), i as u64 * 8, 8, 8 * PARTS as u64).unwrap();
+                        w.bytes_mut().fill(i as u8 + 1);
+                        finish(&s, w, true)
+                    })
+                })
+                .collect();
+            let completed = writers.into_iter().map(|w| w.join().unwrap()).filter(|&c| c).count();
+            assert_eq!(completed, 1, "round {round}: exactly the last part completes the object");
+            let o = s.get(key.as_bytes()).expect("every acknowledged part is in the object");
+            let want: Vec<u8> = (0..PARTS).flat_map(|i| [i as u8 + 1; 8]).collect();
+            assert_eq!(o.bytes(), &want[..], "round {round}");
+        }
+        for round in 0..300 {
+            assert!(s.delete(format!("k{round}").as_bytes()));
+        }
+        assert_eq!(s.arena().used(), 0, "no buffer of a lost race stays reserved");
     }
 
     #[test]
