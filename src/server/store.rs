@@ -508,7 +508,7 @@ impl Store {
     pub(crate) fn finish_part(&self, w: PartWrite, ok: bool) -> Option<Object> {
         let PartWrite { key, buf, generation, offset, len } = w;
         let range = (offset, offset + len);
-        let complete = {
+        let entry = {
             let mut ix = self.index.lock();
             let Some(p) = ix.partial.get_mut(&key).filter(|p| p.generation == generation) else {
                 // Superseded by a write with another size, deleted, or expired: nothing to do.
@@ -521,13 +521,18 @@ impl Store {
             if ok {
                 add_range(&mut p.done, range);
             }
-            let full = p.done.first() == Some(&(0, buf.len())) && p.writing.is_empty();
-            if full { ix.partial.remove(&key) } else { None }
+            if p.done.first() != Some(&(0, buf.len())) || !p.writing.is_empty() {
+                // Our clone of the buffer goes while the lock is held: the writer that completes
+                // the object must find itself its only owner.
+                drop(buf);
+                return None;
+            }
+            ix.partial.remove(&key)
         };
-        let p = complete?;
-        drop(p.buf);
-        // Every clone of the buffer except ours is gone: the partial entry was removed and no
-        // writer is registered (a PartWrite exists only while its range is in `writing`).
+        drop(entry);
+        // Every clone of the buffer except ours is gone: the partial entry was removed, and every
+        // other writer dropped its clone in the same critical section that took its range out
+        // of `writing`.
         let buf = Arc::try_unwrap(buf).ok()?;
         let slot = buf.freeze();
         let crc = crc32c::crc32c(slot.bytes());
@@ -648,7 +653,7 @@ mod tests {
     fn first_parts_begun_concurrently_join_one_partial_object() {
         const PARTS: usize = 4;
         let s = Arc::new(store(1 << 20));
-        for round in 0..300 {
+        for round in 0..1000 {
             let key = format!("k{round}");
             let start = Arc::new(std::sync::Barrier::new(PARTS));
             let writers: Vec<_> = (0..PARTS)
@@ -668,7 +673,7 @@ mod tests {
             let want: Vec<u8> = (0..PARTS).flat_map(|i| [i as u8 + 1; 8]).collect();
             assert_eq!(o.bytes(), &want[..], "round {round}");
         }
-        for round in 0..300 {
+        for round in 0..1000 {
             assert!(s.delete(format!("k{round}").as_bytes()));
         }
         assert_eq!(s.arena().used(), 0, "no buffer of a lost race stays reserved");
