@@ -365,17 +365,7 @@ fn one_broken_connection_with_many_requests_in_flight_counts_as_one_failure() {
     let rt = runtime();
     rt.block_on(client.put(b"k", block(100, 1))).unwrap();
     // Freeze the node so that the reads below are certainly in flight when it dies.
-    // SAFETY: plain kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(node.child.id() as i32, libc::SIGSTOP);
-    }
-    let stat = format!("/proc/{}/stat", node.child.id());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    // The state follows the ")" that ends the command name: "T" once stopped.
-    while std::fs::read_to_string(&stat).unwrap().rsplit_once(") ").map(|(_, r)| r.starts_with('T')) != Some(true) {
-        assert!(Instant::now() < deadline, "the node did not stop");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    node.freeze();
     let reads: Vec<_> = (0..20)
         .map(|_| {
             let client = client.clone();

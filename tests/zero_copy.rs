@@ -87,8 +87,7 @@ fn a_stalled_node_releases_lent_memory_once_the_op_times_out() {
     let rt = runtime();
     let block = pattern(8 << 20, 9);
     rt.block_on(client.put(b"stall-0", block.clone().into())).unwrap();
-    // SAFETY: plain kill(2) on our own child's pid.
-    unsafe { libc::kill(node.child.id() as i32, libc::SIGSTOP) };
+    node.freeze();
 
     // 64 MiB of lent payloads: far more than the socket buffers take while the node is stopped.
     let loans = Loans::new();
@@ -104,8 +103,7 @@ fn a_stalled_node_releases_lent_memory_once_the_op_times_out() {
     wait_no_loans(&loans, Duration::from_secs(2));
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 
-    // SAFETY: as above.
-    unsafe { libc::kill(node.child.id() as i32, libc::SIGCONT) };
+    node.thaw();
     // After the backoff the node serves again, and nothing lent was written to it half-way.
     let mut got = vec![0u8; block.len()];
     let deadline = Instant::now() + Duration::from_secs(5);

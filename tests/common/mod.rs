@@ -181,6 +181,34 @@ impl Node {
         }
     }
 
+    /// Freezes the node (SIGSTOP): its connections stay open, nothing answers. Returns once every
+    /// thread of it has stopped: kill(2) only queues the signal, and a thread not yet stopped
+    /// could still answer a request sent right after.
+    pub fn freeze(&self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
+        let task = format!("/proc/{}/task", self.child.id());
+        let stopped = || {
+            std::fs::read_dir(&task).expect("the node's /proc entry").flatten().all(|t| {
+                // The state follows the ")" that ends the command name: "T" once stopped. A
+                // thread that exited meanwhile has no stat to read.
+                std::fs::read_to_string(t.path().join("stat"))
+                    .map_or(true, |s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('T')))
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !stopped() {
+            assert!(std::time::Instant::now() < deadline, "memkv-server did not stop within 10 s of SIGSTOP");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Lets a frozen node run again (SIGCONT).
+    pub fn thaw(&self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+    }
+
     /// Kills the process at once (crash).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -94,8 +94,28 @@ class Node:
         self.proc.wait(10)
 
     def pause(self):
-        """Freezes the node (SIGSTOP): its connections stay open but nothing answers."""
+        """Freezes the node (SIGSTOP): its connections stay open but nothing answers. Returns once
+        every thread of it has stopped: kill(2) only queues the signal, and a thread the kernel
+        has not yet stopped could still answer a request sent right after this."""
         os.kill(self.proc.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not self._stopped():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"memkv-server {self.proc.pid} did not stop within 10 s of SIGSTOP")
+            time.sleep(0.001)
+
+    def _stopped(self):
+        """Whether every thread of the node is in the stopped state ('T' in /proc/PID/task/*/stat)."""
+        task = f"/proc/{self.proc.pid}/task"
+        for tid in os.listdir(task):
+            try:
+                with open(f"{task}/{tid}/stat") as f:
+                    # The state follows the command name, which is in parentheses.
+                    if f.read().rsplit(")", 1)[1].split()[0] != "T":
+                        return False
+            except FileNotFoundError:
+                continue  # a thread that exited meanwhile
+        return True
 
     def resume(self):
         if self.proc.poll() is None:

@@ -158,7 +158,7 @@ def test_frozen_node_times_out_and_recovers(cluster):
         t = time.monotonic()
         state = read_objects(agent, dst, objects)
         elapsed = time.monotonic() - t
-        assert state.startswith("ERR"), state
+        assert state.startswith("ERR"), f"{state} after {elapsed:.3f}s with {node.data} stopped"
         assert 2.5 < elapsed < 6, f"READ ended after {elapsed:.2f}s with op_timeout_ms=3000"
         for i in range(n):
             region = dst[i * size : (i + 1) * size]
