@@ -253,6 +253,33 @@ fn a_get_batch_over_the_64_mib_answer_budget_still_returns_every_object() {
 }
 
 #[test]
+fn a_get_batch_of_known_lengths_over_the_answer_budget_is_split_into_batches_not_single_gets() {
+    let creds = Creds::new();
+    let node = Node::start(&creds, "127.0.1.37", &[]);
+    // Over TCP, where a GET_BATCH answer carries the bytes (shared memory answers addresses).
+    let client = creds.client(&[&node], &[("transport", "tcp")]);
+    let objs: Vec<Bytes> = (0..5).map(|i| pattern(16 * MIB, 600 + i)).collect();
+    let (gets, batches) = (r#"memkv_requests_total{op="get"}"#, r#"memkv_requests_total{op="get_batch"}"#);
+    runtime().block_on(async {
+        for (i, v) in objs.iter().enumerate() {
+            client.put(format!("big-{i}").as_bytes(), v.clone()).await.unwrap();
+        }
+        // 80 MiB of ranges whose lengths are known (a NIXL READ's shape): a batch of 4 and a
+        // batch of 1, each within the node's 64 MiB answer budget, sent side by side.
+        let items: Vec<GetItem> = (0..5)
+            .map(|i| GetItem { key: format!("big-{i}").into_bytes(), offset: 0, length: 16 * MIB as u64 })
+            .collect();
+        let before = (metric(&node, gets), metric(&node, batches));
+        let got = client.get_batch(&items).await.unwrap();
+        for (i, (g, v)) in got.iter().zip(&objs).enumerate() {
+            assert!(g.as_ref() == Some(v), "big-{i}: {:?} bytes", g.as_ref().map(Bytes::len));
+        }
+        let after = (metric(&node, gets), metric(&node, batches));
+        assert_eq!((after.0 - before.0, after.1 - before.1), (0.0, 2.0), "(GETs, GET_BATCHes) sent");
+    });
+}
+
+#[test]
 fn a_ranged_put_is_invisible_until_its_last_part_arrives_then_byte_exact() {
     let creds = Creds::new();
     let nodes = cluster(&creds, ["127.0.1.16", "127.0.1.17", "127.0.1.18"]);

@@ -887,7 +887,8 @@ impl Client {
         Ok(statuses)
     }
 
-    /// Reads many objects or ranges: one GET_BATCH per node, all nodes in parallel. Absent keys
+    /// Reads many objects or ranges: one GET_BATCH per node (split at 4096 entries / 64 MiB of
+    /// known lengths), all in parallel. Absent keys
     /// and keys on unavailable nodes are `None`; other failures are errors.
     pub async fn get_batch(&self, items: &[GetItem]) -> Result<Vec<Option<Bytes>>, ClientError> {
         let got = self.fetch_batch(&self.prepare_get(items)?, None).await?;
@@ -906,7 +907,11 @@ impl Client {
     /// run any number of times (keys namespaced, grouped by node, entry tables encoded).
     pub fn prepare_get(&self, items: &[GetItem]) -> Result<PreparedGet, ClientError> {
         let wire: Vec<Vec<u8>> = items.iter().map(|it| self.wire_key(&it.key)).collect::<Result<_, _>>()?;
-        let groups = self.group(&wire, |i| (wire[i].len() + 18, 0));
+        // Entries of known length are grouped by the bytes they answer too, so that each
+        // GET_BATCH fits the node's answer budget (MAX_BATCH_PAYLOAD) and the groups of a large
+        // request run side by side on the node's connections; a whole-object entry (length 0)
+        // counts nothing, and past the budget it is fetched on its own.
+        let groups = self.group(&wire, |i| (wire[i].len() + 18, items[i].length));
         let groups = groups
             .into_iter()
             .map(|(idx, members)| {
