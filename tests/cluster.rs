@@ -253,30 +253,46 @@ fn a_get_batch_over_the_64_mib_answer_budget_still_returns_every_object() {
 }
 
 #[test]
-fn a_get_batch_of_known_lengths_over_the_answer_budget_is_split_into_batches_not_single_gets() {
+fn a_large_get_batch_is_striped_over_the_connections_within_the_answer_budget_never_as_single_gets() {
     let creds = Creds::new();
     let node = Node::start(&creds, "127.0.1.37", &[]);
     // Over TCP, where a GET_BATCH answer carries the bytes (shared memory answers addresses).
-    let client = creds.client(&[&node], &[("transport", "tcp")]);
-    let objs: Vec<Bytes> = (0..5).map(|i| pattern(16 * MIB, 600 + i)).collect();
+    let client = |conns: &str| creds.client(&[&node], &[("transport", "tcp"), ("num_connections", conns)]);
+    let (one, four) = (client("1"), client("4"));
     let (gets, batches) = (r#"memkv_requests_total{op="get"}"#, r#"memkv_requests_total{op="get_batch"}"#);
-    runtime().block_on(async {
-        for (i, v) in objs.iter().enumerate() {
-            client.put(format!("big-{i}").as_bytes(), v.clone()).await.unwrap();
-        }
-        // 80 MiB of ranges whose lengths are known (a NIXL READ's shape): a batch of 4 and a
-        // batch of 1, each within the node's 64 MiB answer budget, sent side by side.
-        let items: Vec<GetItem> = (0..5)
-            .map(|i| GetItem { key: format!("big-{i}").into_bytes(), offset: 0, length: 16 * MIB as u64 })
-            .collect();
+    let sent = |f: &dyn Fn()| {
         let before = (metric(&node, gets), metric(&node, batches));
-        let got = client.get_batch(&items).await.unwrap();
-        for (i, (g, v)) in got.iter().zip(&objs).enumerate() {
-            assert!(g.as_ref() == Some(v), "big-{i}: {:?} bytes", g.as_ref().map(Bytes::len));
+        f();
+        (metric(&node, gets) - before.0, metric(&node, batches) - before.1)
+    };
+    let rt = runtime();
+    let check = |client: &memkv::Client, objs: &[Bytes], prefix: &str| {
+        // Ranges whose lengths are known (a NIXL READ's shape).
+        let items: Vec<GetItem> = (0..objs.len())
+            .map(|i| GetItem { key: format!("{prefix}-{i}").into_bytes(), offset: 0, length: objs[i].len() as u64 })
+            .collect();
+        let got = rt.block_on(client.get_batch(&items)).unwrap();
+        for (i, (g, v)) in got.iter().zip(objs).enumerate() {
+            assert!(g.as_ref() == Some(v), "{prefix}-{i}: {:?} bytes", g.as_ref().map(Bytes::len));
         }
-        let after = (metric(&node, gets), metric(&node, batches));
-        assert_eq!((after.0 - before.0, after.1 - before.1), (0.0, 2.0), "(GETs, GET_BATCHes) sent");
-    });
+    };
+    let put = |objs: &[Bytes], prefix: &str| {
+        for (i, v) in objs.iter().enumerate() {
+            rt.block_on(one.put(format!("{prefix}-{i}").as_bytes(), v.clone())).unwrap();
+        }
+    };
+
+    // 80 MiB on one connection: a batch of 4 and a batch of 1, each within the node's 64 MiB
+    // answer budget; none past it, fetched on its own.
+    let big: Vec<Bytes> = (0..5).map(|i| pattern(16 * MIB, 600 + i)).collect();
+    put(&big, "big");
+    assert_eq!(sent(&|| check(&one, &big, "big")), (0.0, 2.0), "(GETs, GET_BATCHes), 80 MiB over 1 connection");
+    // 16 MiB over 4 connections: 4 batches of 4 MiB, one per connection.
+    let mid: Vec<Bytes> = (0..16).map(|i| pattern(MIB, 700 + i)).collect();
+    put(&mid, "mid");
+    assert_eq!(sent(&|| check(&four, &mid, "mid")), (0.0, 4.0), "16 MiB over 4 connections");
+    // Below the 4 MiB stripe a batch stays whole.
+    assert_eq!(sent(&|| check(&four, &mid[..3], "mid")), (0.0, 1.0), "3 MiB over 4 connections");
 }
 
 #[test]

@@ -46,6 +46,9 @@ pub use staged::{StagedError, StagedPart};
 
 /// Idle receive buffers a client keeps for reuse (see `bufpool`).
 const RECV_POOL_BYTES: usize = 256 << 20;
+/// The smallest payload a batch is striped into (see [`Client::group`]): below it, another
+/// frame costs more than a second connection gains.
+const STRIPE_MIN: u64 = 4 << 20;
 /// First wait before reconnecting to a node that failed.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest wait between reconnect attempts.
@@ -1070,8 +1073,11 @@ impl Client {
     }
 
     /// Groups key indices by owning node, split so that each group fits one batch frame: at most
-    /// `MAX_BATCH_ENTRIES` entries, `MAX_META_LEN` bytes of meta and (for PUT_BATCH) about
-    /// `MAX_BATCH_PAYLOAD` payload bytes. `cost(i)` is entry `i`'s (meta bytes, payload bytes).
+    /// `MAX_BATCH_ENTRIES` entries, `MAX_META_LEN` bytes of meta and about `MAX_BATCH_PAYLOAD`
+    /// payload bytes. `cost(i)` is entry `i`'s (meta bytes, payload bytes). A node's share of a
+    /// large batch is also striped over its connections: groups of about its payload divided by
+    /// `num_connections`, none below [`STRIPE_MIN`], so that one request (a NIXL transfer) moves
+    /// its bytes over every connection at once.
     fn group(&self, wire: &[Vec<u8>], cost: impl Fn(usize) -> (usize, u64)) -> Vec<(usize, Vec<usize>)> {
         let mut by_node: Vec<Vec<usize>> = vec![Vec::new(); self.inner.nodes.len()];
         for (i, k) in wire.iter().enumerate() {
@@ -1079,12 +1085,14 @@ impl Client {
         }
         let mut out = Vec::new();
         for (idx, members) in by_node.into_iter().enumerate() {
+            let bytes: u64 = members.iter().map(|&i| cost(i).1).sum();
+            let lanes = self.inner.nodes[idx].slots.len() as u64;
+            let stripe = bytes.div_ceil(lanes).clamp(STRIPE_MIN, MAX_BATCH_PAYLOAD);
             let mut chunk = Vec::new();
             let (mut meta, mut payload) = (0usize, 0u64);
             for i in members {
                 let (m, p) = cost(i);
-                let full =
-                    chunk.len() == MAX_BATCH_ENTRIES || meta + m > MAX_META_LEN || payload + p > MAX_BATCH_PAYLOAD;
+                let full = chunk.len() == MAX_BATCH_ENTRIES || meta + m > MAX_META_LEN || payload + p > stripe;
                 if !chunk.is_empty() && full {
                     out.push((idx, std::mem::take(&mut chunk)));
                     (meta, payload) = (0, 0);
