@@ -781,8 +781,8 @@ impl Client {
         Ok(out)
     }
 
-    /// Stores many objects or ranges: one PUT_BATCH per node (split at 4096 entries / 64 MiB),
-    /// all nodes in parallel. Fails with the first entry a node refused.
+    /// Stores many objects or ranges: one PUT_BATCH per node (split at 4096 entries / 64 MiB,
+    /// and striped over the node's connections), all in parallel. Fails with the first entry a node refused.
     pub async fn put_batch(&self, items: &[PutItem]) -> Result<(), ClientError> {
         let prepared = self.prepare_put(items.iter().map(|it| PutSpec {
             key: &it.key,
@@ -891,8 +891,8 @@ impl Client {
     }
 
     /// Reads many objects or ranges: one GET_BATCH per node (split at 4096 entries / 64 MiB of
-    /// known lengths), all in parallel. Absent keys
-    /// and keys on unavailable nodes are `None`; other failures are errors.
+    /// known lengths, and striped over the node's connections), all in parallel. Absent keys and
+    /// keys on unavailable nodes are `None`; other failures are errors.
     pub async fn get_batch(&self, items: &[GetItem]) -> Result<Vec<Option<Bytes>>, ClientError> {
         let got = self.fetch_batch(&self.prepare_get(items)?, None).await?;
         Ok(got.into_iter().map(|g| g.and_then(|g| if let Got::Bytes(b) = g { Some(b) } else { None })).collect())
