@@ -782,7 +782,8 @@ impl Client {
     }
 
     /// Stores many objects or ranges: one PUT_BATCH per node (split at 4096 entries / 64 MiB,
-    /// and striped over the node's connections), all in parallel. Fails with the first entry a node refused.
+    /// and striped over the node's connections), all in parallel. Fails with the first entry a
+    /// node refused.
     pub async fn put_batch(&self, items: &[PutItem]) -> Result<(), ClientError> {
         let prepared = self.prepare_put(items.iter().map(|it| PutSpec {
             key: &it.key,
