@@ -46,8 +46,8 @@ pub use staged::{StagedError, StagedPart};
 
 /// Idle receive buffers a client keeps for reuse (see `bufpool`).
 const RECV_POOL_BYTES: usize = 256 << 20;
-/// The smallest payload a batch is striped into (see [`Client::group`]): below it, another
-/// frame costs more than a second connection gains.
+/// The smallest payload a batch is striped into (see [`Client::group`]): a node's share of at
+/// most this many bytes stays one frame.
 const STRIPE_MIN: u64 = 4 << 20;
 /// First wait before reconnecting to a node that failed.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
