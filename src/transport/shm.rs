@@ -22,6 +22,7 @@ use memmap2::MmapRaw;
 use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 
+use super::crc_copy::crc_stream_copy;
 use super::onesided::{Completion, Dir, Provider, ProviderError, WorkRequest};
 
 /// Marker byte: the memfd of the arena rides on it.
@@ -29,54 +30,8 @@ pub(crate) const MARKER_ARENA: u8 = 1;
 /// Marker byte: no arena follows (the handshake was refused; its answer frame says why).
 pub(crate) const MARKER_NONE: u8 = 0;
 
-/// Piece copied and checksummed in turn (stays in L2 cache between the two).
+/// Piece of a read copied and then checksummed (stays in L2 cache between the two).
 const CRC_CHUNK: usize = 256 * 1024;
-
-/// Copies `n` bytes with non-temporal stores where the CPU has AVX2 (the destination is not
-/// read into the cache first, nor left in it), else with `memcpy`.
-///
-/// # Safety
-/// `src` must be valid for reads and `dst` for writes of `n` bytes, not overlapping.
-unsafe fn stream_copy(src: *const u8, dst: *mut u8, n: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present; the caller's contract.
-        return unsafe { stream_copy_avx2(src, dst, n) };
-    }
-    // SAFETY: the caller's contract.
-    unsafe { std::ptr::copy_nonoverlapping(src, dst, n) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn stream_copy_avx2(src: *const u8, dst: *mut u8, n: usize) {
-    use std::arch::x86_64::{__m256i, _mm_sfence, _mm256_loadu_si256, _mm256_stream_si256};
-    // Streaming stores need 32-byte aligned destinations: the head goes by memcpy.
-    let head = ((32 - (dst as usize & 31)) & 31).min(n);
-    // SAFETY: every access lies in the caller's ranges; `dst + at` is 32-aligned past the head.
-    unsafe {
-        std::ptr::copy_nonoverlapping(src, dst, head);
-        let mut at = head;
-        while at + 128 <= n {
-            let s = src.add(at).cast::<__m256i>();
-            let d = dst.add(at).cast::<__m256i>();
-            let (a, b, c, e) = (
-                _mm256_loadu_si256(s),
-                _mm256_loadu_si256(s.add(1)),
-                _mm256_loadu_si256(s.add(2)),
-                _mm256_loadu_si256(s.add(3)),
-            );
-            _mm256_stream_si256(d, a);
-            _mm256_stream_si256(d.add(1), b);
-            _mm256_stream_si256(d.add(2), c);
-            _mm256_stream_si256(d.add(3), e);
-            at += 128;
-        }
-        std::ptr::copy_nonoverlapping(src.add(at), dst.add(at), n - at);
-        // Streaming stores are weakly ordered: fence them before anything announces the bytes.
-        _mm_sfence();
-    }
-}
 
 /// This host's identity for "is the node on my host?": the kernel's boot id, shared by every
 /// container on the host (unlike the hostname).
@@ -293,31 +248,31 @@ impl ShmProvider {
             Dir::Write => (local.cast_const(), arena),
             Dir::Read => (arena.cast_const(), local),
         };
-        let mut crc = 0u32;
-        let mut at = 0usize;
-        while at < w.len as usize {
-            let n = CRC_CHUNK.min(w.len as usize - at);
-            // SAFETY: `post`'s contract makes the local range valid for this copy; the arena
-            // range is in bounds; the two do not overlap (the arena mapping is not caller
-            // memory).
-            unsafe {
-                match w.dir {
-                    // A write's CRC is what the caller's bytes should be: taken on the source
-                    // (which the copy then reads from cache), the arena written around the cache.
-                    // The node checks the arena's bytes against it at COMMIT.
-                    Dir::Write => {
-                        crc = crc32c::crc32c_append(crc, std::slice::from_raw_parts(src.add(at), n));
-                        stream_copy(src.add(at), dst.add(at), n);
+        let n = w.len as usize;
+        // Both arms: `post`'s contract makes the local range valid for this copy; the arena
+        // range is in bounds; the two do not overlap (the arena mapping is not caller memory).
+        let crc = match w.dir {
+            // A write's CRC is what the caller's bytes should be: taken on the source in the
+            // same pass that streams them into the arena around the cache. The node checks the
+            // arena's bytes against it at COMMIT.
+            // SAFETY: see above.
+            Dir::Write => unsafe { crc_stream_copy(0, src, dst, n) },
+            // A read's CRC is over the bytes delivered, read back from cache piece by piece.
+            Dir::Read => {
+                let mut crc = 0u32;
+                let mut at = 0usize;
+                while at < n {
+                    let k = CRC_CHUNK.min(n - at);
+                    // SAFETY: see above; `at + k <= n`.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(src.add(at), dst.add(at), k);
+                        crc = crc32c::crc32c_append(crc, std::slice::from_raw_parts(dst.add(at), k));
                     }
-                    // A read's CRC is over the bytes delivered, read back from cache.
-                    Dir::Read => {
-                        std::ptr::copy_nonoverlapping(src.add(at), dst.add(at), n);
-                        crc = crc32c::crc32c_append(crc, std::slice::from_raw_parts(dst.add(at), n));
-                    }
+                    at += k;
                 }
+                crc
             }
-            at += n;
-        }
+        };
         Ok(crc)
     }
 }
@@ -355,23 +310,6 @@ impl Provider for ShmProvider {
 mod tests {
     use super::*;
     use crate::transport::onesided::{Polling, run};
-
-    /// Every destination alignment and length around the 32-byte stores and 128-byte steps:
-    /// the bytes land exactly, nothing outside the range is touched.
-    #[test]
-    fn stream_copy_is_memcpy_at_every_alignment_and_length() {
-        let src: Vec<u8> = (0..1024u32).map(|i| (i * 7 + 3) as u8).collect();
-        for offset in 0..40 {
-            for len in (0..300).chain([511, 512, 513, 900]) {
-                let mut dst = vec![0xEEu8; 1024 + 64];
-                // SAFETY: both ranges are in bounds and distinct vectors.
-                unsafe { stream_copy(src.as_ptr().add(offset % 7), dst.as_mut_ptr().add(offset), len) };
-                assert!(dst[..offset].iter().all(|&b| b == 0xEE), "before, offset {offset} len {len}");
-                assert_eq!(&dst[offset..offset + len], &src[offset % 7..offset % 7 + len], "offset {offset} len {len}");
-                assert!(dst[offset + len..].iter().all(|&b| b == 0xEE), "after, offset {offset} len {len}");
-            }
-        }
-    }
 
     fn wr(dir: Dir, local: &mut [u8], remote: u64) -> WorkRequest {
         WorkRequest {
