@@ -10,36 +10,58 @@
 
 /// Bytes per CRC lane; a step covers three of them.
 const LANE: usize = 4096;
-/// The fallback's piece: checksummed, then copied while it is still in L2.
+/// The fallbacks' piece: checksummed and copied in turn while it is in L2.
 const PIECE: usize = 256 * 1024;
 
-/// Copies `n` bytes from `src` to `dst` and returns `crc` extended by them (as
-/// `crc32c::crc32c_append(crc, src[..n])`). The copy is fenced (`sfence`) before it returns.
+/// Copies `n` bytes from `src` to `dst` around the cache (non-temporal stores, fenced before
+/// it returns) and returns `crc` extended by the source bytes as they were copied (as
+/// `crc32c::crc32c_append(crc, src[..n])` when nothing writes `src` meanwhile).
 ///
 /// # Safety
 /// `src` must be valid for reads and `dst` for writes of `n` bytes, and the two must not overlap.
 pub(crate) unsafe fn crc_stream_copy(crc: u32, src: *const u8, dst: *mut u8, n: usize) -> u32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("sse4.2") {
-        // SAFETY: the CPU has both features; the caller's contract.
-        return unsafe { x86::crc_stream_copy(crc, src, dst, n) };
+    if x86::available() {
+        // SAFETY: the CPU has the features; the caller's contract.
+        return unsafe { x86::lanes::<true>(crc, src, dst, n) };
     }
     // SAFETY: the caller's contract.
-    unsafe { crc_then_copy(crc, src, dst, n) }
+    unsafe { pieces::<false>(crc, src, dst, n) }
 }
 
-/// The fallback: CRC of a piece, then `memcpy` of it, piece after piece.
+/// Copies `n` bytes from `src` to `dst` through the cache (the destination stays warm for its
+/// reader) and returns `crc` extended by the bytes as they landed in `dst`, read back from L1.
 ///
 /// # Safety
 /// As [`crc_stream_copy`].
-unsafe fn crc_then_copy(mut crc: u32, src: *const u8, dst: *mut u8, n: usize) -> u32 {
+pub(crate) unsafe fn copy_crc(crc: u32, src: *const u8, dst: *mut u8, n: usize) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        // SAFETY: the CPU has the features; the caller's contract.
+        return unsafe { x86::lanes::<false>(crc, src, dst, n) };
+    }
+    // SAFETY: the caller's contract.
+    unsafe { pieces::<true>(crc, src, dst, n) }
+}
+
+/// The fallback of both: piece by piece, `memcpy` and the CRC of the source (before the copy)
+/// or of the destination (after it, `CRC_OF_DST`).
+///
+/// # Safety
+/// As [`crc_stream_copy`].
+unsafe fn pieces<const CRC_OF_DST: bool>(mut crc: u32, src: *const u8, dst: *mut u8, n: usize) -> u32 {
     let mut at = 0;
     while at < n {
         let k = PIECE.min(n - at);
         // SAFETY: `at + k <= n`; the caller's contract.
         unsafe {
-            crc = crc32c::crc32c_append(crc, std::slice::from_raw_parts(src.add(at), k));
+            if !CRC_OF_DST {
+                crc = crc32c::crc32c_append(crc, std::slice::from_raw_parts(src.add(at), k));
+            }
             std::ptr::copy_nonoverlapping(src.add(at), dst.add(at), k);
+            if CRC_OF_DST {
+                crc = crc32c::crc32c_append(crc, std::slice::from_raw_parts(dst.add(at), k));
+            }
         }
         at += k;
     }
@@ -48,10 +70,14 @@ unsafe fn crc_then_copy(mut crc: u32, src: *const u8, dst: *mut u8, n: usize) ->
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use std::arch::x86_64::{_mm_crc32_u64, _mm_sfence, _mm256_loadu_si256, _mm256_stream_si256};
+    use std::arch::x86_64::{_mm_crc32_u64, _mm_sfence, _mm256_loadu_si256, _mm256_storeu_si256, _mm256_stream_si256};
     use std::sync::OnceLock;
 
     use super::LANE;
+
+    pub(super) fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("sse4.2")
+    }
 
     /// `T[j][v]`: the raw CRC32C register (no pre- or post-inversion) that `v << 8j` becomes
     /// after [`LANE`] zero bytes. CRC is linear, so four lookups shift any register by a lane.
@@ -83,15 +109,19 @@ mod x86 {
         )
     }
 
+    /// The copy in three lanes. `STREAM`: non-temporal stores (the head up to a 32-byte aligned
+    /// destination by `memcpy`), CRC of the source lines just loaded; else ordinary stores, CRC
+    /// of the destination lines just stored.
+    ///
     /// # Safety
     /// AVX2 and SSE 4.2 are present; otherwise as [`super::crc_stream_copy`].
     #[target_feature(enable = "avx2,sse4.2")]
-    pub(super) unsafe fn crc_stream_copy(crc: u32, src: *const u8, dst: *mut u8, n: usize) -> u32 {
+    pub(super) unsafe fn lanes<const STREAM: bool>(crc: u32, src: *const u8, dst: *mut u8, n: usize) -> u32 {
         let t = shift_table();
-        // Streaming stores need 32-byte aligned destinations: the head goes by memcpy.
-        let head = ((32 - (dst as usize & 31)) & 31).min(n);
-        // SAFETY: every access below lies in the caller's ranges: `at + 3 * LANE <= n` in the
-        // loop, and `dst + at + off` is 32-byte aligned there (LANE and `off` are multiples of 64).
+        let head = if STREAM { ((32 - (dst as usize & 31)) & 31).min(n) } else { 0 };
+        // SAFETY: every access below lies in the caller's ranges (`at + 3 * LANE <= n` in the
+        // loop); with STREAM, `dst + at + off` is 32-byte aligned there (LANE and `off` are
+        // multiples of 64).
         unsafe {
             std::ptr::copy_nonoverlapping(src, dst, head);
             let mut reg = u64::from(!crc32c::crc32c_append(crc, std::slice::from_raw_parts(src, head)));
@@ -99,18 +129,24 @@ mod x86 {
             while at + 3 * LANE <= n {
                 let s = [src.add(at), src.add(at + LANE), src.add(at + 2 * LANE)];
                 let d = [dst.add(at), dst.add(at + LANE), dst.add(at + 2 * LANE)];
+                let checked = if STREAM { s } else { d.map(|p| p.cast_const()) };
                 let mut c = [reg, 0, 0];
                 let mut off = 0;
                 while off < LANE {
                     for l in 0..3 {
-                        let p = s[l].add(off);
-                        let q = d[l].add(off);
-                        _mm256_stream_si256(q.cast(), _mm256_loadu_si256(p.cast()));
-                        _mm256_stream_si256(q.add(32).cast(), _mm256_loadu_si256(p.add(32).cast()));
+                        let (p, q) = (s[l].add(off), d[l].add(off));
+                        let (lo, hi) = (_mm256_loadu_si256(p.cast()), _mm256_loadu_si256(p.add(32).cast()));
+                        if STREAM {
+                            _mm256_stream_si256(q.cast(), lo);
+                            _mm256_stream_si256(q.add(32).cast(), hi);
+                        } else {
+                            _mm256_storeu_si256(q.cast(), lo);
+                            _mm256_storeu_si256(q.add(32).cast(), hi);
+                        }
                     }
                     for k in 0..8 {
                         for l in 0..3 {
-                            c[l] = _mm_crc32_u64(c[l], s[l].add(off + 8 * k).cast::<u64>().read_unaligned());
+                            c[l] = _mm_crc32_u64(c[l], checked[l].add(off + 8 * k).cast::<u64>().read_unaligned());
                         }
                     }
                     off += 64;
@@ -118,10 +154,14 @@ mod x86 {
                 reg = shift(t, shift(t, c[0]) ^ c[1]) ^ c[2];
                 at += 3 * LANE;
             }
-            // Streaming stores are weakly ordered: fence them before anything announces the bytes.
-            _mm_sfence();
+            if STREAM {
+                // Streaming stores are weakly ordered: fence them before anything announces the
+                // bytes.
+                _mm_sfence();
+            }
             std::ptr::copy_nonoverlapping(src.add(at), dst.add(at), n - at);
-            crc32c::crc32c_append(!(reg as u32), std::slice::from_raw_parts(src.add(at), n - at))
+            let tail = if STREAM { src.add(at) } else { dst.add(at).cast_const() };
+            crc32c::crc32c_append(!(reg as u32), std::slice::from_raw_parts(tail, n - at))
         }
     }
 }
@@ -130,7 +170,9 @@ mod x86 {
 mod tests {
     use super::*;
 
-    /// Both paths against `crc32c` and `memcpy`: every destination alignment around the 32-byte
+    type Copy = unsafe fn(u32, *const u8, *mut u8, usize) -> u32;
+
+    /// Every path against `crc32c` and `memcpy`: every destination alignment around the 32-byte
     /// stores, lengths around the 3-lane step, a non-zero starting CRC; nothing outside the
     /// destination range is touched.
     #[test]
@@ -139,15 +181,18 @@ mod tests {
         let lens: Vec<usize> = (0..300)
             .chain([511, 4095, 4096, 3 * LANE - 1, 3 * LANE, 3 * LANE + 1, 6 * LANE + 33, 65_536, 150_001])
             .collect();
+        let paths: [(&str, Copy); 4] = [
+            ("crc_stream_copy", crc_stream_copy),
+            ("copy_crc", copy_crc),
+            ("pieces, CRC of the source", pieces::<false>),
+            ("pieces, CRC of the destination", pieces::<true>),
+        ];
         for offset in 0..40 {
             for &len in &lens {
                 let from = (offset * 5) % 13;
                 let data = &src[from..from + len];
                 let want = crc32c::crc32c_append(0x1234_5678, data);
-                for (name, f) in [
-                    ("crc_stream_copy", crc_stream_copy as unsafe fn(u32, *const u8, *mut u8, usize) -> u32),
-                    ("crc_then_copy", crc_then_copy),
-                ] {
+                for (name, f) in paths {
                     let mut dst = vec![0xEEu8; len + 128];
                     // SAFETY: both ranges are in bounds of distinct vectors.
                     let got = unsafe { f(0x1234_5678, data.as_ptr(), dst.as_mut_ptr().add(offset), len) };

@@ -22,7 +22,7 @@ use memmap2::MmapRaw;
 use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 
-use super::crc_copy::crc_stream_copy;
+use super::crc_copy::{copy_crc, crc_stream_copy};
 use super::onesided::{Completion, Dir, Provider, ProviderError, WorkRequest};
 
 /// Marker byte: the memfd of the arena rides on it.
@@ -30,8 +30,8 @@ pub(crate) const MARKER_ARENA: u8 = 1;
 /// Marker byte: no arena follows (the handshake was refused; its answer frame says why).
 pub(crate) const MARKER_NONE: u8 = 0;
 
-/// Piece of a read copied and then checksummed (stays in L2 cache between the two).
-const CRC_CHUNK: usize = 256 * 1024;
+/// Reads at least this long stream into the caller's memory (see `copy`).
+const STREAM_READ: usize = 1 << 20;
 
 /// This host's identity for "is the node on my host?": the kernel's boot id, shared by every
 /// container on the host (unlike the hostname).
@@ -249,28 +249,20 @@ impl ShmProvider {
             Dir::Read => (arena.cast_const(), local),
         };
         let n = w.len as usize;
-        // Both arms: `post`'s contract makes the local range valid for this copy; the arena
-        // range is in bounds; the two do not overlap (the arena mapping is not caller memory).
-        let crc = match w.dir {
-            // A write's CRC is what the caller's bytes should be: taken on the source in the
-            // same pass that streams them into the arena around the cache. The node checks the
-            // arena's bytes against it at COMMIT.
-            // SAFETY: see above.
-            Dir::Write => unsafe { crc_stream_copy(0, src, dst, n) },
-            // A read's CRC is over the bytes delivered, read back from cache piece by piece.
-            Dir::Read => {
-                let mut crc = 0u32;
-                let mut at = 0usize;
-                while at < n {
-                    let k = CRC_CHUNK.min(n - at);
-                    // SAFETY: see above; `at + k <= n`.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(src.add(at), dst.add(at), k);
-                        crc = crc32c::crc32c_append(crc, std::slice::from_raw_parts(dst.add(at), k));
-                    }
-                    at += k;
-                }
-                crc
+        // SAFETY: `post`'s contract makes the local range valid for this copy; the arena range
+        // is in bounds; the two do not overlap (the arena mapping is not caller memory).
+        let crc = unsafe {
+            match w.dir {
+                // A write's CRC is what the caller's bytes should be: taken on the source in the
+                // same pass that streams them into the arena around the cache. The node checks
+                // the arena's bytes against it at COMMIT.
+                Dir::Write => crc_stream_copy(0, src, dst, n),
+                // A large read streams into the caller's memory too (it would not stay in cache,
+                // and a cold destination costs no reads first), its CRC taken on the arena's
+                // bytes as they are copied; a smaller one lands in cache, its CRC taken on the
+                // delivered bytes.
+                Dir::Read if n >= STREAM_READ => crc_stream_copy(0, src, dst, n),
+                Dir::Read => copy_crc(0, src, dst, n),
             }
         };
         Ok(crc)
