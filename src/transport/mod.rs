@@ -7,7 +7,7 @@
 //! - `onesided`: the provider interface (register, post, poll) of the one-sided data path and
 //!   the transfer loop written once against it.
 //! - `shm`: same-host provider: the node's arena arrives as a memfd over a Unix socket after the
-//!   authenticated handshake; a one-sided write or read is a `memcpy` into or out of it.
+//!   authenticated handshake; a one-sided write or read is a copy into or out of it.
 //! - `rdma`: verbs provider (RC queue pairs, RDMA WRITE/READ into the node's registered arena),
 //!   bootstrapped by a CONNECT op over the authenticated TCP session.
 

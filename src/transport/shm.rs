@@ -1,7 +1,7 @@
 //! Same-host shared memory: the node's arena is a memfd, handed to an authenticated client over
 //! a Unix socket (`SCM_RIGHTS`); the client maps it and a one-sided write or read is a copy
-//! into or out of its mapping, with the CRC32C taken on the way (a write streams into the arena
-//! with non-temporal stores: the client never reads those bytes again).
+//! into or out of its mapping, with the CRC32C taken in the same pass (`crc_copy`; a write, and a
+//! read of 1 MiB or more, streams around the cache with non-temporal stores).
 //!
 //! The hand-over: on a Unix-socket session the node answers a valid HELLO with one marker byte
 //! that carries the memfd as ancillary data, then the usual HELLO answer frame. The client takes
