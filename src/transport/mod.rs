@@ -2,8 +2,8 @@
 //!
 //! - `tcp`: the byte-stream framing edge (vectored writes, payloads received straight into their
 //!   destination); every session's control traffic, and the whole data path of TCP sessions.
-//! - `crc_copy`: a copy that takes the CRC32C of the bytes in the same pass and streams them
-//!   around the cache (the same-host write path).
+//! - `crc_copy`: copies that take the CRC32C of the bytes in the same pass, around the cache or
+//!   through it (the same-host data path).
 //! - `onesided`: the provider interface (register, post, poll) of the one-sided data path and
 //!   the transfer loop written once against it.
 //! - `shm`: same-host provider: the node's arena arrives as a memfd over a Unix socket after the
