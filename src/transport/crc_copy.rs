@@ -1,12 +1,14 @@
-//! A copy that takes the CRC32C of the bytes it moves, in one pass over the source: each 64-byte
-//! line is loaded, written to the destination with non-temporal stores (it is not read into the
-//! cache, nor left there) and checksummed from L1 right away. The CRC runs in three lanes (three
+//! Copies that take the CRC32C of the bytes they move in the same pass: each 64-byte line is
+//! loaded once, stored, and checksummed from L1 right away. The CRC runs in three lanes (three
 //! consecutive [`LANE`]-byte stretches at a time, so the `crc32` instruction's latency is hidden)
 //! joined by a shift table, the scheme of the `crc32c` crate's own three-way loop.
 //!
-//! The same-host write path uses it: taking the CRC and then copying read the (usually cold)
-//! source twice, once from memory and once from cache. Where the CPU lacks AVX2 or SSE 4.2 it
-//! falls back to the two steps, piece by piece.
+//! - [`crc_stream_copy`] stores around the cache (non-temporal stores) and checksums the source:
+//!   same-host writes, and reads of 1 MiB or more.
+//! - [`copy_crc`] stores through the cache and checksums the destination: smaller same-host reads.
+//!
+//! Taking the CRC in a second pass read the (usually cold) source twice, or the destination once
+//! more. Where the CPU lacks AVX2 or SSE 4.2 both fall back to the two steps, piece by piece.
 
 /// Bytes per CRC lane; a step covers three of them.
 const LANE: usize = 4096;
