@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of the per-request hot path: frame header encode/decode, the
-//! per-frame MAC (seal/open), CRC32C of typical block sizes, batch meta codecs and key routing.
+//! per-frame MAC (seal/open), CRC32C of typical block sizes, the same-host copy with its CRC32C,
+//! batch meta codecs and key routing.
 //!
 //! Run: `cargo bench --bench hot_path` (figures in docs/benchmarks.md).
 
@@ -46,6 +47,31 @@ fn crc(c: &mut Criterion) {
     g.finish();
 }
 
+/// The same-host copy with its CRC32C against `memcpy` followed by a CRC of the copy (what it
+/// replaced). Buffers stay in cache here; docs/benchmarks.md measures cold ones.
+fn same_host_copy(c: &mut Criterion) {
+    let mut g = c.benchmark_group("copy_with_crc");
+    for size in [64usize << 10, 2 << 20] {
+        let src: Vec<u8> = (0..size).map(|i| (i * 31) as u8).collect();
+        let mut dst = vec![0u8; size];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(BenchmarkId::new("memcpy_then_crc", size), |b| {
+            b.iter(|| {
+                dst.copy_from_slice(black_box(&src));
+                crc32c::crc32c(&dst)
+            })
+        });
+        g.bench_function(BenchmarkId::new("one_pass_cached", size), |b| {
+            b.iter(|| memkv::testing::copy_with_crc(black_box(&src), &mut dst, false))
+        });
+        g.bench_function(BenchmarkId::new("one_pass_streamed", size), |b| {
+            b.iter(|| memkv::testing::copy_with_crc(black_box(&src), &mut dst, true))
+        });
+        assert_eq!(memkv::testing::copy_with_crc(&src, &mut dst, true), crc32c::crc32c(&src));
+    }
+    g.finish();
+}
+
 fn batch_meta(c: &mut Criterion) {
     let keys: Vec<Vec<u8>> = (0..256).map(|i| format!("model-a/tp0/{i:016x}").into_bytes()).collect();
     let entries: Vec<BatchGetEntry<'_>> = keys.iter().map(|k| BatchGetEntry { key: k, offset: 0, length: 0 }).collect();
@@ -82,5 +108,5 @@ fn routing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, frame_codec, frame_mac, crc, batch_meta, routing);
+criterion_group!(benches, frame_codec, frame_mac, crc, same_host_copy, batch_meta, routing);
 criterion_main!(benches);

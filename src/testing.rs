@@ -117,3 +117,22 @@ impl IndexProbe {
         self.len() == 0
     }
 }
+
+/// The same-host data path's copies, each taking the CRC32C of the bytes in the same pass
+/// (`transport::crc_copy`), for the benchmarks: around the cache (`stream`: writes, and reads of
+/// 1 MiB or more) or through it (smaller reads). Returns the CRC32C of `src`.
+///
+/// # Panics
+/// When `src` and `dst` differ in length.
+pub fn copy_with_crc(src: &[u8], dst: &mut [u8], stream: bool) -> u32 {
+    assert_eq!(src.len(), dst.len(), "source and destination lengths differ");
+    let (s, d, n) = (src.as_ptr(), dst.as_mut_ptr(), src.len());
+    // SAFETY: both slices are `n` bytes long, and a shared and a mutable borrow never overlap.
+    unsafe {
+        if stream {
+            crate::transport::crc_copy::crc_stream_copy(0, s, d, n)
+        } else {
+            crate::transport::crc_copy::copy_crc(0, s, d, n)
+        }
+    }
+}
