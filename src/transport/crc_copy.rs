@@ -172,7 +172,7 @@ mod x86 {
 mod tests {
     use super::*;
 
-    type Copy = unsafe fn(u32, *const u8, *mut u8, usize) -> u32;
+    type CopyFn = unsafe fn(u32, *const u8, *mut u8, usize) -> u32;
 
     /// Every path against `crc32c` and `memcpy`: every destination alignment around the 32-byte
     /// stores, lengths around the 3-lane step, a non-zero starting CRC; nothing outside the
@@ -183,7 +183,7 @@ mod tests {
         let lens: Vec<usize> = (0..300)
             .chain([511, 4095, 4096, 3 * LANE - 1, 3 * LANE, 3 * LANE + 1, 6 * LANE + 33, 65_536, 150_001])
             .collect();
-        let paths: [(&str, Copy); 4] = [
+        let paths: [(&str, CopyFn); 4] = [
             ("crc_stream_copy", crc_stream_copy),
             ("copy_crc", copy_crc),
             ("pieces, CRC of the source", pieces::<false>),
