@@ -136,3 +136,10 @@ pub fn copy_with_crc(src: &[u8], dst: &mut [u8], stream: bool) -> u32 {
         }
     }
 }
+
+/// Whether this host has an RDMA device, for tests that run only with or only without one. The
+/// class directory alone does not say so: a host with the RDMA core loaded and no NIC (an H200
+/// cloud VM, say) has `/sys/class/infiniband`, empty.
+pub fn rdma_host() -> bool {
+    std::fs::read_dir("/sys/class/infiniband").is_ok_and(|mut d| d.next().is_some())
+}

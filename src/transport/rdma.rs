@@ -650,7 +650,6 @@ impl Provider for VerbsProvider {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::path::Path;
 
     fn info() -> QpInfo {
         QpInfo {
@@ -747,7 +746,7 @@ mod tests {
 
     #[test]
     fn without_rdma_both_sides_fail_cleanly() {
-        if Path::new("/sys/class/infiniband").exists() {
+        if crate::testing::rdma_host() {
             return; // a host with RDMA
         }
         let cfg = RdmaConfig::default();
@@ -771,7 +770,7 @@ mod tests {
     /// The whole verbs path over one NIC's loopback: runs only on a host with RDMA devices.
     #[test]
     fn loopback_write_then_read_on_an_rdma_host() {
-        if !Path::new("/sys/class/infiniband").exists() {
+        if !crate::testing::rdma_host() {
             return; // no RDMA here: the paths this covers are listed in the module docs
         }
         let cfg = RdmaConfig { queue_depth: 8, ..RdmaConfig::default() };
