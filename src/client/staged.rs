@@ -1,6 +1,12 @@
 //! GPU blocks over TCP: device memory is copied through the pinned staging slots
 //! ([`crate::mem::staging`]) and each slot travels as one ranged PUT, or is filled by one ranged
 //! GET, while the next slot's copy runs (double buffering).
+//!
+//! Each chunk's PUT or GET runs on a task of its own. The client's share of a request (the CRC32C
+//! of the chunk, and over shared memory the copy between the slot and the node's arena, made
+//! in the request's own future) then spreads over the runtime's workers instead of running, one
+//! chunk after another, on the one task that drives the pipeline: on a 16-core GPU host that task
+//! held staged transfers over shared memory below the TCP figures.
 
 use std::time::{Duration, Instant};
 
@@ -54,6 +60,15 @@ fn unwrap(e: StagingError) -> StagedError {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn segments(parts: &[StagedPart<'_>]) -> Vec<Segment> {
     parts.iter().enumerate().map(|(i, p)| Segment::new(p.addr, p.len, i)).collect()
 }
@@ -74,7 +89,16 @@ impl Client {
             let p = parts[c.block];
             let item =
                 PutItem { key: p.key.to_vec(), offset: p.offset + c.offset_in_segment, total: p.total, data: c.data };
-            async move { self.put_batch(std::slice::from_ref(&item)).await.map_err(|e| Box::new(e) as BoxError) }
+            let client = self.clone();
+            // A task per chunk (see the module docs); aborted if the transfer is dropped, as the
+            // request itself would have been, so no write lands after its caller gave up.
+            let task = tokio::spawn(async move { client.put_batch(std::slice::from_ref(&item)).await });
+            let abort = AbortOnDrop(task.abort_handle());
+            async move {
+                let sent = task.await;
+                drop(abort);
+                sent.map_err(|e| Box::new(e) as BoxError)?.map_err(|e| Box::new(e) as BoxError)
+            }
         };
         let segments = segments(parts);
         // SAFETY: the device ranges are the caller's promise; slots belong to the pool.
@@ -98,11 +122,14 @@ impl Client {
             let p = parts[req.block];
             let item =
                 GetItem { key: p.key.to_vec(), offset: p.offset + req.offset_in_segment, length: req.len as u64 };
-            async move {
+            let client = self.clone();
+            // A task per chunk (see the module docs), left to finish if the transfer is dropped:
+            // it gives the slot back only once no connection can still write into it.
+            let task = tokio::spawn(async move {
                 let loans = Loans::new();
                 // SAFETY: the slot is ours until we return it; the loan is waited out below.
                 let target = unsafe { loans.target(slot.as_mut_ptr(), req.len) };
-                let got = self.get_batch_into(std::slice::from_ref(&item), vec![target]).await;
+                let got = client.get_batch_into(std::slice::from_ref(&item), vec![target]).await;
                 // The slot goes back only when no connection can still write into it.
                 let deadline = Instant::now() + timeout;
                 while loans.outstanding() > 0 && Instant::now() < deadline {
@@ -113,7 +140,8 @@ impl Client {
                     Ok(_) => Err(Box::new(Absent(req.block)) as BoxError),
                     Err(e) => Err(Box::new(e) as BoxError),
                 }
-            }
+            });
+            async move { task.await.map_err(|e| Box::new(e) as BoxError)? }
         };
         let segments = segments(parts);
         // SAFETY: the device ranges are the caller's promise; slots belong to the pool.
