@@ -127,6 +127,75 @@ fn staged_blocks_round_trip_through_live_nodes_byte_exact() {
     assert_eq!(pool.stats().busy, 0);
 }
 
+/// A staged transfer dropped half-way (a NIXL request released, a timeout) gives every slot back
+/// once its requests are done, nothing writes into a slot after it came back, and the pool serves
+/// the next transfer byte-exact.
+#[test]
+fn dropped_staged_transfers_give_every_slot_back() {
+    let _turn = one_at_a_time();
+    let creds = Creds::new();
+    let node = Node::start(&creds, "127.0.8.3", &[]);
+    let client = creds.client(&[&node], &[]);
+    let rt = runtime();
+    let slot = 64 << 10;
+    let pool = SlotPool::new(Box::new(PageAlignedHost::new(4 * slot).unwrap()), slot).unwrap();
+    let engine = HostCopy::new().unwrap();
+    let device: Vec<Vec<u8>> = (0..256).map(|i| pattern(slot, i as u8)).collect();
+    let keys: Vec<String> = (0..device.len()).map(|i| format!("dropped-{i}")).collect();
+    let parts = |bufs: &[Vec<u8>]| -> Vec<StagedPart<'_>> {
+        bufs.iter()
+            .zip(&keys)
+            .map(|(d, k)| StagedPart {
+                key: k.as_bytes(),
+                offset: 0,
+                total: d.len() as u64,
+                addr: d.as_ptr() as u64,
+                len: d.len() as u64,
+            })
+            .collect()
+    };
+    let slots_back = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while pool.stats().busy > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(pool.stats().busy, 0, "{what}: slots still leased 10 s later: {:?}", pool.stats());
+        let mut all: Vec<_> = std::iter::from_fn(|| pool.try_acquire()).collect();
+        assert_eq!(all.len(), 4);
+        all.iter_mut().for_each(|s| s.as_mut_slice().fill(0xEE));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            all.iter().all(|s| s.as_slice().iter().all(|&b| b == 0xEE)),
+            "{what}: a slot was written after it came back"
+        );
+    };
+    let out = parts(&device);
+    // SAFETY: `device` outlives the call and is not modified.
+    rt.block_on(unsafe { client.put_staged(&pool, &engine, &out) }).unwrap();
+
+    // 16 MiB in 64 KiB chunks cannot finish within the cut: both transfers are dropped half-way.
+    let cut = std::time::Duration::from_micros(200);
+    let mut back: Vec<Vec<u8>> = (0..device.len()).map(|_| vec![0u8; slot]).collect();
+    let inn = parts(&back);
+    // SAFETY: `back` outlives the call and nothing else touches it; a dropped transfer settles
+    // its copies before the future is gone.
+    let get = unsafe { client.get_staged(&pool, &engine, &inn) };
+    let cut_get = rt.block_on(async { tokio::time::timeout(cut, get).await });
+    assert!(cut_get.is_err(), "the GET finished within {cut:?}: nothing was dropped");
+    slots_back("a dropped get_staged");
+    // SAFETY: as for the first PUT.
+    let put = unsafe { client.put_staged(&pool, &engine, &out) };
+    let cut_put = rt.block_on(async { tokio::time::timeout(cut, put).await });
+    assert!(cut_put.is_err(), "the PUT finished within {cut:?}: nothing was dropped");
+    slots_back("a dropped put_staged");
+
+    back.iter_mut().for_each(|b| b.fill(0));
+    let inn = parts(&back);
+    // SAFETY: as above.
+    rt.block_on(unsafe { client.get_staged(&pool, &engine, &inn) }).unwrap();
+    assert_eq!(back, device, "the pool serves the next transfer byte-exact");
+}
+
 /// Allocations of one prepared PUT and one prepared GET of `n` descriptors (each its own object
 /// of `len` bytes), counted over the whole call: client, runtime and sockets (the node is
 /// another process).
