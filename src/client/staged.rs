@@ -91,7 +91,8 @@ impl Client {
                 PutItem { key: p.key.to_vec(), offset: p.offset + c.offset_in_segment, total: p.total, data: c.data };
             let client = self.clone();
             // A task per chunk (see the module docs); aborted if the transfer is dropped, as the
-            // request itself would have been, so no write lands after its caller gave up.
+            // request's future was dropped before, so no new request starts for a caller that
+            // gave up (one already handed to a connection may still complete).
             let task = tokio::spawn(async move { client.put_batch(std::slice::from_ref(&item)).await });
             let abort = AbortOnDrop(task.abort_handle());
             async move {
