@@ -45,6 +45,11 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// All of object `key` ↔ `len` bytes at `addr` (`total` is only read by writes).
+fn whole(key: &str, addr: u64, len: usize) -> StagedPart<'_> {
+    StagedPart { key: key.as_bytes(), offset: 0, total: len as u64, addr, len: len as u64 }
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed)).collect()
 }
@@ -64,17 +69,8 @@ fn staged_blocks_round_trip_through_live_nodes_byte_exact() {
     // "Device" memory: host buffers the host copy engine reads and writes.
     let device: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| pattern(n, i as u8)).collect();
     let keys: Vec<String> = (0..sizes.len()).map(|i| format!("gpu-block-{i}")).collect();
-    let parts: Vec<StagedPart<'_>> = device
-        .iter()
-        .zip(&keys)
-        .map(|(d, k)| StagedPart {
-            key: k.as_bytes(),
-            offset: 0,
-            total: d.len() as u64,
-            addr: d.as_ptr() as u64,
-            len: d.len() as u64,
-        })
-        .collect();
+    let parts: Vec<StagedPart<'_>> =
+        device.iter().zip(&keys).map(|(d, k)| whole(k, d.as_ptr() as u64, d.len())).collect();
     // SAFETY: `device` outlives the call and is not modified.
     rt.block_on(unsafe { client.put_staged(&pool, &engine, &parts) }).unwrap();
     for (k, d) in keys.iter().zip(&device) {
@@ -83,17 +79,8 @@ fn staged_blocks_round_trip_through_live_nodes_byte_exact() {
     }
 
     let mut back: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0u8; n]).collect();
-    let parts_in: Vec<StagedPart<'_>> = back
-        .iter_mut()
-        .zip(&keys)
-        .map(|(b, k)| StagedPart {
-            key: k.as_bytes(),
-            offset: 0,
-            total: 0,
-            addr: b.as_mut_ptr() as u64,
-            len: b.len() as u64,
-        })
-        .collect();
+    let parts_in: Vec<StagedPart<'_>> =
+        back.iter_mut().zip(&keys).map(|(b, k)| whole(k, b.as_mut_ptr() as u64, b.len())).collect();
     // SAFETY: `back` outlives the call and nothing else touches it.
     rt.block_on(unsafe { client.get_staged(&pool, &engine, &parts_in) }).unwrap();
     assert_eq!(back, device, "staged READ returns the exact bytes");
@@ -142,18 +129,6 @@ fn dropped_staged_transfers_give_every_slot_back() {
     let engine = HostCopy::new().unwrap();
     let device: Vec<Vec<u8>> = (0..256).map(|i| pattern(slot, i as u8)).collect();
     let keys: Vec<String> = (0..device.len()).map(|i| format!("dropped-{i}")).collect();
-    let parts = |bufs: &[Vec<u8>]| -> Vec<StagedPart<'_>> {
-        bufs.iter()
-            .zip(&keys)
-            .map(|(d, k)| StagedPart {
-                key: k.as_bytes(),
-                offset: 0,
-                total: d.len() as u64,
-                addr: d.as_ptr() as u64,
-                len: d.len() as u64,
-            })
-            .collect()
-    };
     let slots_back = |what: &str| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while pool.stats().busy > 0 && std::time::Instant::now() < deadline {
@@ -169,14 +144,16 @@ fn dropped_staged_transfers_give_every_slot_back() {
             "{what}: a slot was written after it came back"
         );
     };
-    let out = parts(&device);
+    let out: Vec<StagedPart<'_>> =
+        device.iter().zip(&keys).map(|(d, k)| whole(k, d.as_ptr() as u64, d.len())).collect();
     // SAFETY: `device` outlives the call and is not modified.
     rt.block_on(unsafe { client.put_staged(&pool, &engine, &out) }).unwrap();
 
     // 16 MiB in 64 KiB chunks cannot finish within the cut: both transfers are dropped half-way.
     let cut = std::time::Duration::from_micros(200);
     let mut back: Vec<Vec<u8>> = (0..device.len()).map(|_| vec![0u8; slot]).collect();
-    let inn = parts(&back);
+    let inn: Vec<StagedPart<'_>> =
+        back.iter_mut().zip(&keys).map(|(b, k)| whole(k, b.as_mut_ptr() as u64, b.len())).collect();
     // SAFETY: `back` outlives the call and nothing else touches it; a dropped transfer settles
     // its copies before the future is gone.
     let get = unsafe { client.get_staged(&pool, &engine, &inn) };
@@ -190,7 +167,8 @@ fn dropped_staged_transfers_give_every_slot_back() {
     slots_back("a dropped put_staged");
 
     back.iter_mut().for_each(|b| b.fill(0));
-    let inn = parts(&back);
+    let inn: Vec<StagedPart<'_>> =
+        back.iter_mut().zip(&keys).map(|(b, k)| whole(k, b.as_mut_ptr() as u64, b.len())).collect();
     // SAFETY: as above.
     rt.block_on(unsafe { client.get_staged(&pool, &engine, &inn) }).unwrap();
     assert_eq!(back, device, "the pool serves the next transfer byte-exact");
