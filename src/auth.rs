@@ -30,6 +30,10 @@ pub const AUTH_KEY_ENV: &str = "MEMKV_AUTH_KEY";
 pub const HELLO_META_LEN: usize = 32 + 8 + 4;
 /// Feature bit: the client asks for a MAC over every payload (untrusted networks).
 pub const FEATURE_PAYLOAD_MAC: u32 = 1;
+/// Feature bit: on a same-host (Unix-socket) session, frames go through shared-memory rings
+/// after the handshake. A client asks; a node that agrees sends the rings with the arena and
+/// sets the bit in its answer.
+pub const FEATURE_SHM_RING: u32 = 2;
 
 /// The 32-byte cluster key shared by every node and client. Its `Debug` never prints it.
 #[derive(Clone, PartialEq, Eq)]

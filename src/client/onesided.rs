@@ -82,7 +82,7 @@ impl Client {
                 let sock = default_shm_socket(a);
                 match Session::connect_shm(&sock, &self.session_params()).await {
                     Ok(s) => {
-                        tracing::info!(node = %name, socket = %sock, "transport: shared memory (the node is on this host)");
+                        tracing::info!(node = %name, socket = %sock, rings = s.rings, "transport: shared memory (the node is on this host)");
                         return Ok((Path::Shm(sock), Some(s)));
                     }
                     // The node is there and refused us (wrong key, clock drift): TCP would be
@@ -106,7 +106,7 @@ impl Client {
             (Some(_), false) => "the node is on another host".to_string(),
             (Some(sock), true) => match Session::connect_shm(sock, &self.session_params()).await {
                 Ok(s) => {
-                    tracing::info!(node = %name, socket = %sock, "transport: shared memory (the node is on this host)");
+                    tracing::info!(node = %name, socket = %sock, rings = s.rings, "transport: shared memory (the node is on this host)");
                     return Ok((Path::Shm(sock.clone()), Some(s)));
                 }
                 Err(e) => format!("cannot use the node's shared-memory socket {sock}: {e}"),

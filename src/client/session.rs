@@ -1,4 +1,5 @@
-//! One authenticated, pipelined TCP session to a node.
+//! One authenticated, pipelined session to a node: over TCP, or over a same-host Unix socket
+//! whose frames then go through shared-memory rings (`transport/ring.rs`) where the node agrees.
 //!
 //! A writer task owns the socket's write half: callers queue owned frames (header, meta,
 //! payload `Bytes`), so a caller that times out or is cancelled never leaves half a frame on the
@@ -8,7 +9,6 @@
 //! stream stays in sync.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -21,8 +21,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::bufpool::BufPool;
 use super::loans::ReadTarget;
-use crate::auth::{self, AuthKey, DirectionMac, FEATURE_PAYLOAD_MAC, Hello, Role, SessionKeys};
+use crate::auth::{self, AuthKey, DirectionMac, FEATURE_PAYLOAD_MAC, FEATURE_SHM_RING, Hello, Role, SessionKeys};
 use crate::transport::onesided::Provider;
+use crate::transport::ring;
 use crate::transport::shm::{self, ShmProvider};
 use crate::transport::tcp::{FrameError, FrameOut, FrameReader, SegmentCrcs, frame_prefix, write_frames};
 use crate::wire::{self, Flags, Header, Limits, MAC_LEN, MAX_META_LEN, Op, Status};
@@ -126,6 +127,8 @@ pub(crate) struct Session {
     provider: tokio::sync::Mutex<Option<Box<dyn Provider>>>,
     /// Whether a provider was attached (it is dropped, and the session closed, on failure).
     one_sided: AtomicBool,
+    /// Frames go through shared-memory rings, not the socket.
+    pub(crate) rings: bool,
 }
 
 /// What a session needs to start.
@@ -155,88 +158,71 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let nonce = send_hello(&mut stream, p).await?;
-        Self::finish(stream, nonce, p, None).await
+        let nonce = send_hello(&mut stream, p, 0).await?;
+        let (rd, wr) = tokio::io::split(stream);
+        let mut rd = FrameReader::new(rd, answer_limits());
+        let agreed = answer(&mut rd, nonce, p).await?;
+        Ok(Self::launch(rd, wr, agreed, p, None))
     }
 
     /// Connects to a node's shared-memory socket (a node on this host), authenticates, and maps
-    /// the arena it hands over: the session's one-sided transfers are `memcpy`s.
+    /// the arena it hands over: the session's one-sided transfers are `memcpy`s. Where the node
+    /// agrees, the session's frames then go through shared-memory rings (transport/ring.rs).
     pub(crate) async fn connect_shm(socket: &str, p: &SessionParams<'_>) -> Result<Arc<Self>, SessionError> {
+        Self::connect_unix(socket, p, FEATURE_SHM_RING).await
+    }
+
+    /// [`connect_shm`](Self::connect_shm), asking for `features` (rings or not).
+    async fn connect_unix(socket: &str, p: &SessionParams<'_>, features: u32) -> Result<Arc<Self>, SessionError> {
         let closed = |why: String| SessionError::Closed(Arc::from(why));
         let run = async {
             let mut stream = shm::connect(socket)
                 .map_err(|e| closed(format!("cannot connect to shared-memory socket {socket}: {e}")))?;
-            let nonce = send_hello(&mut stream, p).await?;
-            let (_, fd) =
+            let nonce = send_hello(&mut stream, p, features).await?;
+            let (_, mut fds) =
                 shm::recv_marker(&stream).await.map_err(|e| closed(format!("shared-memory handshake failed: {e}")))?;
-            // Mapped only once the node's answer authenticates (`finish` checks it first).
-            Self::finish(stream, nonce, p, fd).await
+            // Stays open while `rd` and `wr` live; the rings watch it (duplicated) afterwards.
+            let sock = std::os::fd::AsRawFd::as_raw_fd(&stream);
+            let (rd, wr) = tokio::io::split(stream);
+            let mut rd = FrameReader::new(rd, answer_limits());
+            let agreed = answer(&mut rd, nonce, p).await?;
+            // Mapped only once the node's answer authenticated.
+            let provider: Option<Box<dyn Provider>> = match fds.is_empty() {
+                true => None,
+                false => Some(Box::new(
+                    ShmProvider::map(fds.remove(0))
+                        .map_err(|e| closed(format!("cannot map the node's shared arena: {e}")))?,
+                )),
+            };
+            if !agreed.rings {
+                return Ok(Self::launch(rd, wr, agreed, p, provider));
+            }
+            if rd.buffered_len() != 0 {
+                return Err(closed("the node agreed to shared-memory rings but went on writing to the socket".into()));
+            }
+            let (rr, rw) = ring::open(fds, sock, ring::Side::Client)
+                .map_err(|e| closed(format!("cannot open the session's shared-memory rings: {e}")))?;
+            drop((rd, wr));
+            Ok(Self::launch(FrameReader::new(rr, answer_limits()), rw, agreed, p, provider))
         };
         tokio::time::timeout(p.connect_timeout, run).await.map_err(|_| {
             closed(format!("shared-memory handshake timed out after {} ms", p.connect_timeout.as_millis()))
         })?
     }
 
-    /// Reads and checks the node's HELLO answer and starts the tasks. `arena`: the memfd a
-    /// same-host node handed over, mapped only after the answer authenticated.
-    async fn finish<S>(
-        stream: S,
-        nonce: [u8; 32],
+    /// Starts the reader and writer tasks of an authenticated session.
+    fn launch<R, W>(
+        rd: FrameReader<R>,
+        wr: W,
+        agreed: Agreed,
         p: &SessionParams<'_>,
-        arena: Option<OwnedFd>,
-    ) -> Result<Arc<Self>, SessionError>
+        provider: Option<Box<dyn Provider>>,
+    ) -> Arc<Self>
     where
-        S: AsyncRead + AsyncWrite + Send + 'static,
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
     {
-        let closed = |why: String| SessionError::Closed(Arc::from(why));
-        let (rd, wr) = tokio::io::split(stream);
-        let limits = Limits { max_meta: MAX_META_LEN as u32, max_payload: 1 << 40 };
-        let mut rd = FrameReader::new(rd, limits);
-        let f = match rd.read_head().await {
-            Ok(f) => f,
-            Err(FrameError::Closed) => return Err(closed("node closed the connection during the handshake".into())),
-            Err(e) => return Err(closed(format!("handshake failed: {e}"))),
-        };
-        let expected = auth::hello_response_mac(p.key, &f.raw, &f.meta, &nonce);
-        let authentic = auth::macs_equal(&expected, &f.mac);
-        let status = f.header.status();
-        if status != Status::Ok {
-            let text = String::from_utf8_lossy(&f.meta).into_owned();
-            let message = if authentic {
-                text
-            } else {
-                format!("{text} (this answer could not be authenticated: the node's MEMKV_AUTH_KEY differs from ours)")
-            };
-            return Err(SessionError::Refused { status, message });
-        }
-        if !authentic {
-            return Err(SessionError::Refused {
-                status: Status::BadMac,
-                message: "the node's handshake answer did not authenticate: it uses a different MEMKV_AUTH_KEY".into(),
-            });
-        }
-        let (theirs, tail) = Hello::decode(&f.meta).map_err(|e| closed(e.to_string()))?;
-        if tail.len() < 8 {
-            return Err(closed("malformed handshake answer: no max object size".into()));
-        }
-        let (max, id) = tail.split_at(8);
-        let max_object = u64::from_le_bytes(max.try_into().unwrap_or([0; 8]));
-        let node_id = String::from_utf8_lossy(id).into_owned();
-        let payload_mac = theirs.features & FEATURE_PAYLOAD_MAC != 0;
-        if p.payload_mac && !payload_mac {
-            // Fail closed: MEMKV_PAYLOAD_MAC=true must never silently downgrade.
-            return Err(SessionError::Refused {
-                status: Status::InvalidRequest,
-                message: "the node did not agree to payload MACs (MEMKV_PAYLOAD_MAC=true); upgrade the node".into(),
-            });
-        }
-        let keys = SessionKeys::derive(p.key, &nonce, &theirs.nonce, Role::Client);
-        let provider: Option<Box<dyn Provider>> = match arena {
-            Some(fd) => Some(Box::new(
-                ShmProvider::map(fd).map_err(|e| closed(format!("cannot map the node's shared arena: {e}")))?,
-            )),
-            None => None,
-        };
+        let Agreed { keys, payload_mac, max_object, node_id, rings } = agreed;
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
             alive: AtomicBool::new(true),
@@ -249,7 +235,8 @@ impl Session {
         let tasks = [writer.abort_handle(), reader.abort_handle()];
         let one_sided = AtomicBool::new(provider.is_some());
         let provider = tokio::sync::Mutex::new(provider);
-        Ok(Arc::new(Self { tx, shared, next_id: AtomicU64::new(1), node_id, max_object, tasks, provider, one_sided }))
+        let next_id = AtomicU64::new(1);
+        Arc::new(Self { tx, shared, next_id, node_id, max_object, tasks, provider, one_sided, rings })
     }
 
     /// Attaches a one-sided provider (an RDMA queue pair bootstrapped over this session).
@@ -321,15 +308,80 @@ impl Drop for Session {
     }
 }
 
-/// Sends our HELLO; returns its nonce.
-async fn send_hello<S: AsyncWrite + Unpin>(stream: &mut S, p: &SessionParams<'_>) -> Result<[u8; 32], SessionError> {
+/// What the node's handshake answer agreed to.
+struct Agreed {
+    keys: SessionKeys,
+    payload_mac: bool,
+    max_object: u64,
+    node_id: String,
+    /// The node handed over shared-memory rings for this session's frames.
+    rings: bool,
+}
+
+/// Limits on the frames a node sends.
+fn answer_limits() -> Limits {
+    Limits { max_meta: MAX_META_LEN as u32, max_payload: 1 << 40 }
+}
+
+/// Reads and checks the node's HELLO answer.
+async fn answer<R: AsyncRead + Unpin>(
+    rd: &mut FrameReader<R>,
+    nonce: [u8; 32],
+    p: &SessionParams<'_>,
+) -> Result<Agreed, SessionError> {
+    let closed = |why: String| SessionError::Closed(Arc::from(why));
+    let f = match rd.read_head().await {
+        Ok(f) => f,
+        Err(FrameError::Closed) => return Err(closed("node closed the connection during the handshake".into())),
+        Err(e) => return Err(closed(format!("handshake failed: {e}"))),
+    };
+    let expected = auth::hello_response_mac(p.key, &f.raw, &f.meta, &nonce);
+    let authentic = auth::macs_equal(&expected, &f.mac);
+    let status = f.header.status();
+    if status != Status::Ok {
+        let text = String::from_utf8_lossy(&f.meta).into_owned();
+        let message = if authentic {
+            text
+        } else {
+            format!("{text} (this answer could not be authenticated: the node's MEMKV_AUTH_KEY differs from ours)")
+        };
+        return Err(SessionError::Refused { status, message });
+    }
+    if !authentic {
+        return Err(SessionError::Refused {
+            status: Status::BadMac,
+            message: "the node's handshake answer did not authenticate: it uses a different MEMKV_AUTH_KEY".into(),
+        });
+    }
+    let (theirs, tail) = Hello::decode(&f.meta).map_err(|e| closed(e.to_string()))?;
+    if tail.len() < 8 {
+        return Err(closed("malformed handshake answer: no max object size".into()));
+    }
+    let (max, id) = tail.split_at(8);
+    let max_object = u64::from_le_bytes(max.try_into().unwrap_or([0; 8]));
+    let node_id = String::from_utf8_lossy(id).into_owned();
+    let payload_mac = theirs.features & FEATURE_PAYLOAD_MAC != 0;
+    if p.payload_mac && !payload_mac {
+        // Fail closed: MEMKV_PAYLOAD_MAC=true must never silently downgrade.
+        return Err(SessionError::Refused {
+            status: Status::InvalidRequest,
+            message: "the node did not agree to payload MACs (MEMKV_PAYLOAD_MAC=true); upgrade the node".into(),
+        });
+    }
+    let keys = SessionKeys::derive(p.key, &nonce, &theirs.nonce, Role::Client);
+    Ok(Agreed { keys, payload_mac, max_object, node_id, rings: theirs.features & FEATURE_SHM_RING != 0 })
+}
+
+/// Sends our HELLO, asking for `features` beyond the payload MAC; returns its nonce.
+async fn send_hello<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    p: &SessionParams<'_>,
+    features: u32,
+) -> Result<[u8; 32], SessionError> {
     let closed = |why: String| SessionError::Closed(Arc::from(why));
     let nonce = auth::random_bytes().map_err(|e| closed(e.to_string()))?;
-    let hello = Hello {
-        nonce,
-        unix_ms: auth::unix_ms(SystemTime::now()),
-        features: if p.payload_mac { FEATURE_PAYLOAD_MAC } else { 0 },
-    };
+    let mac = if p.payload_mac { FEATURE_PAYLOAD_MAC } else { 0 };
+    let hello = Hello { nonce, unix_ms: auth::unix_ms(SystemTime::now()), features: features | mac };
     let meta = hello.encode(b"");
     let mut h = Header::request(Op::Hello, 0);
     h.meta_len = meta.len() as u32;
@@ -570,5 +622,35 @@ mod tests {
         assert_eq!(batch, [4, 5, 6, 7, 8, 9]);
         batch.clear();
         assert_eq!(next_batch(&mut rx, &mut batch, 8).await, 0);
+    }
+
+    /// A NODE_INFO round trip on a same-host session that asks for `features`; returns whether
+    /// the session moved its frames through rings.
+    async fn node_info_over_shm(node: &crate::testing::LocalNode, features: u32) -> bool {
+        let key = AuthKey::parse(&node.params["auth_key"]).expect("key");
+        let pool = BufPool::new(1 << 20);
+        let p = SessionParams { key: &key, payload_mac: false, connect_timeout: Duration::from_secs(5), pool: &pool };
+        let socket = crate::config::default_shm_socket(node.addr);
+        let s = Session::connect_unix(&socket, &p, features).await.expect("same-host session");
+        for _ in 0..3 {
+            let req = Outgoing { header: Header::request(Op::NodeInfo, 0), meta: Vec::new(), payload: Vec::new() };
+            let r = s.call(req, None).await.expect("answer");
+            assert_eq!(r.header.status(), Status::Ok);
+            let info: serde_json::Value = serde_json::from_slice(&r.payload).expect("json");
+            assert_eq!(info["transports"]["shm"]["socket"], socket.as_str());
+        }
+        assert!(s.is_one_sided(), "the arena is mapped either way");
+        s.rings
+    }
+
+    #[test]
+    fn a_same_host_session_that_asks_gets_rings_and_one_that_does_not_keeps_the_socket() {
+        let node = crate::testing::LocalNode::start("127.0.9.1");
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        rt.block_on(async {
+            assert!(node_info_over_shm(&node, FEATURE_SHM_RING).await, "asked for rings: frames go through them");
+            // A client from before rings (it does not ask) is served over the socket.
+            assert!(!node_info_over_shm(&node, 0).await, "did not ask: frames stay on the socket");
+        });
     }
 }

@@ -24,12 +24,12 @@ use super::metrics::AuthFailure;
 use super::onesided::Leases;
 use super::store::{Object, PartWrite, Store};
 use crate::auth::{
-    self, AuthError, DirectionMac, FEATURE_PAYLOAD_MAC, Hello, PayloadMac, Role, SessionKeys, hello_request_mac,
-    hello_response_mac, macs_equal,
+    self, AuthError, DirectionMac, FEATURE_PAYLOAD_MAC, FEATURE_SHM_RING, Hello, PayloadMac, Role, SessionKeys,
+    hello_request_mac, hello_response_mac, macs_equal,
 };
 use crate::transport::rdma::{NodeQp, QpInfo};
-use crate::transport::shm;
 use crate::transport::tcp::{FrameError, FrameHead, FrameOut, FrameReader, frame_prefix, write_frames};
+use crate::transport::{ring, shm};
 use crate::wire::{
     self, ABSENT, BatchGetAnswer, BatchPutEntry, Flags, Header, MAC_LEN, MAX_BATCH_PAYLOAD, Op, Status, WireError,
 };
@@ -127,7 +127,7 @@ where
     let (rd, mut wr) = tokio::io::split(stream);
     let mut rd = FrameReader::new(rd, ctx.limits);
     let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut rd, &mut wr, &ctx, &peer, unix)).await;
-    let Ok(Some((keys, payload_mac))) = hello else {
+    let Ok(Some(agreed)) = hello else {
         if hello.is_err() {
             ctx.stats.invalid_frame();
             tracing::debug!(%peer, "no handshake within {HANDSHAKE_TIMEOUT:?}; closing");
@@ -136,6 +136,27 @@ where
         linger(&mut rd).await;
         return;
     };
+    let Agreed { keys, payload_mac, rings } = agreed;
+    match (rings, unix) {
+        (Some(fds), Some(sock)) => {
+            // From here on the socket only tells that the client has gone (see transport/ring.rs).
+            let halves = ring::open(fds, sock, ring::Side::Node);
+            drop((rd, wr));
+            match halves {
+                Ok((rr, rw)) => run(FrameReader::new(rr, ctx.limits), rw, keys, payload_mac, ctx, peer).await,
+                Err(e) => tracing::warn!(%peer, error = %e, "cannot open the session's shared-memory rings; closing"),
+            }
+        }
+        _ => run(rd, wr, keys, payload_mac, ctx, peer).await,
+    }
+}
+
+/// Runs an authenticated session until the peer leaves, a fatal error, or shutdown.
+async fn run<R, W>(rd: FrameReader<R>, wr: W, keys: SessionKeys, payload_mac: bool, ctx: Arc<Ctx>, peer: String)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(REPLY_QUEUE);
     let writer = tokio::spawn(write_loop(wr, keys.send, rx, payload_mac, Arc::clone(&ctx)));
     let reads = Arc::new(tokio::sync::RwLock::new(()));
@@ -153,6 +174,14 @@ where
     drop(tx);
     let _ = writer.await;
     linger(&mut rd).await;
+}
+
+/// What a successful handshake agreed to.
+struct Agreed {
+    keys: SessionKeys,
+    payload_mac: bool,
+    /// The session's shared-memory rings (handed to the client with the arena).
+    rings: Option<Vec<std::os::fd::OwnedFd>>,
 }
 
 /// After our side is flushed and half-closed, reads and discards what the peer still sends
@@ -178,7 +207,7 @@ async fn refuse<W: AsyncWrite + Unpin>(
     tracing::warn!(%peer, status = status.name(), reason = %msg, "handshake refused");
     // A same-host client reads the marker byte first: say that no arena follows.
     if let Some(sock) = unix
-        && shm::send_marker(sock, None, HANDSHAKE_TIMEOUT).await.is_err()
+        && shm::send_marker(sock, &[], HANDSHAKE_TIMEOUT).await.is_err()
     {
         return;
     }
@@ -195,7 +224,7 @@ async fn handshake<R, W>(
     ctx: &Ctx,
     peer: &str,
     unix: Option<RawFd>,
-) -> Option<(SessionKeys, bool)>
+) -> Option<Agreed>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -262,11 +291,24 @@ where
             return None;
         }
     };
-    let ours = Hello {
-        nonce: node_nonce,
-        unix_ms: auth::unix_ms(SystemTime::now()),
-        features: if payload_mac { FEATURE_PAYLOAD_MAC } else { 0 },
+    // Rings for a same-host client that asks, handed over with the arena (so never without it,
+    // nor with payload MACs: a same-host session has no payload on a wire to protect). A node
+    // that cannot make them says no.
+    let arena = ctx.store.arena().fd();
+    let asked = hello.features & FEATURE_SHM_RING != 0;
+    let rings = match unix {
+        Some(_) if asked && arena.is_some() && !payload_mac => ring::create(ring::RING_BYTES)
+            .inspect_err(
+                |e| tracing::warn!(%peer, error = %e, "cannot create shared-memory rings; frames use the socket"),
+            )
+            .ok(),
+        _ => None,
     };
+    let mut features = if payload_mac { FEATURE_PAYLOAD_MAC } else { 0 };
+    if rings.is_some() {
+        features |= FEATURE_SHM_RING;
+    }
+    let ours = Hello { nonce: node_nonce, unix_ms: auth::unix_ms(SystemTime::now()), features };
     // The answer's tail: the node's max object size, then its id (see docs/protocol.md).
     let mut tail = ctx.store.max_object().to_le_bytes().to_vec();
     tail.extend_from_slice(ctx.node_id.as_bytes());
@@ -278,8 +320,9 @@ where
     // A same-host client gets the arena (the client authenticated itself with its HELLO; it
     // keeps the mapping only if this answer authenticates the node).
     if let Some(sock) = unix {
-        let arena = ctx.store.arena().fd();
-        if let Err(e) = shm::send_marker(sock, arena, HANDSHAKE_TIMEOUT).await {
+        let mut fds: Vec<_> = arena.into_iter().collect();
+        fds.extend(rings.iter().flatten().map(std::os::fd::AsFd::as_fd));
+        if let Err(e) = shm::send_marker(sock, &fds, HANDSHAKE_TIMEOUT).await {
             tracing::debug!(%peer, error = %e, "could not hand over the arena");
             return None;
         }
@@ -289,7 +332,8 @@ where
     }
     ctx.stats.request(Op::Hello);
     tracing::debug!(%peer, payload_mac, "session established");
-    Some((SessionKeys::derive(&ctx.key, &hello.nonce, &node_nonce, Role::Node), payload_mac))
+    let keys = SessionKeys::derive(&ctx.key, &hello.nonce, &node_nonce, Role::Node);
+    Some(Agreed { keys, payload_mac, rings })
 }
 
 struct Conn<R> {

@@ -8,11 +8,14 @@
 //!   the transfer loop written once against it.
 //! - `shm`: same-host provider: the node's arena arrives as a memfd over a Unix socket after the
 //!   authenticated handshake; a one-sided write or read is a copy into or out of it.
+//! - `ring`: same-host frames: two byte rings in shared memory that replace the Unix socket
+//!   after the handshake (eventfds wake a side that waits).
 //! - `rdma`: verbs provider (RC queue pairs, RDMA WRITE/READ into the node's registered arena),
 //!   bootstrapped by a CONNECT op over the authenticated TCP session.
 
 pub(crate) mod crc_copy;
 pub(crate) mod onesided;
 pub(crate) mod rdma;
+pub(crate) mod ring;
 pub(crate) mod shm;
 pub(crate) mod tcp;

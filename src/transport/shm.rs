@@ -84,13 +84,14 @@ pub(crate) fn memfd(len: u64) -> io::Result<File> {
     Ok(f)
 }
 
-/// Sends the marker byte on `sock`, with `fd` attached when given. Waits (bounded by `limit`)
-/// while the socket buffer is full.
-pub(crate) async fn send_marker(sock: RawFd, fd: Option<BorrowedFd<'_>>, limit: Duration) -> io::Result<()> {
-    let marker = if fd.is_some() { MARKER_ARENA } else { MARKER_NONE };
+/// Sends the marker byte on `sock` with `fds` attached (the arena first, then a session's
+/// rings); no descriptor means no arena. Waits (bounded by `limit`) while the socket buffer is
+/// full.
+pub(crate) async fn send_marker(sock: RawFd, fds: &[BorrowedFd<'_>], limit: Duration) -> io::Result<()> {
+    let marker = if fds.is_empty() { MARKER_NONE } else { MARKER_ARENA };
     let deadline = Instant::now() + limit;
     loop {
-        match sendmsg_fd(sock, marker, fd) {
+        match sendmsg_fds(sock, marker, fds) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -99,28 +100,36 @@ pub(crate) async fn send_marker(sock: RawFd, fd: Option<BorrowedFd<'_>>, limit: 
     }
 }
 
-fn sendmsg_fd(sock: RawFd, marker: u8, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+/// Most descriptors one marker carries: the arena and a session's rings.
+const MAX_FDS: usize = 1 + super::ring::RING_FDS;
+
+fn sendmsg_fds(sock: RawFd, marker: u8, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    assert!(fds.len() <= MAX_FDS, "a marker carries at most {MAX_FDS} descriptors");
     let mut byte = [marker];
     let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-    // Room for one fd, aligned for cmsghdr.
+    // Room for MAX_FDS fds, aligned for cmsghdr.
     let mut cbuf = [0u64; 8];
     // SAFETY: an all-zero msghdr is a valid empty message.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
+    if !fds.is_empty() {
+        let bytes = (fds.len() * std::mem::size_of::<RawFd>()) as u32;
         // SAFETY: CMSG_SPACE is a pure size computation.
-        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+        let space = unsafe { libc::CMSG_SPACE(bytes) } as usize;
         msg.msg_control = cbuf.as_mut_ptr().cast();
         msg.msg_controllen = space;
-        // SAFETY: msg_control points at `space` bytes (≤ 64) of aligned, writable memory, so
-        // CMSG_FIRSTHDR is non-null and its data has room for one fd.
+        // SAFETY: msg_control points at `space` bytes (≤ 64 for MAX_FDS fds) of aligned,
+        // writable memory, so CMSG_FIRSTHDR is non-null and its data has room for the fds.
         unsafe {
             let c = libc::CMSG_FIRSTHDR(&msg);
             (*c).cmsg_level = libc::SOL_SOCKET;
             (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd.as_raw_fd());
+            (*c).cmsg_len = libc::CMSG_LEN(bytes) as usize;
+            let data = libc::CMSG_DATA(c).cast::<RawFd>();
+            for (i, fd) in fds.iter().enumerate() {
+                std::ptr::write_unaligned(data.add(i), fd.as_raw_fd());
+            }
         }
     }
     // SAFETY: `msg` and everything it points at live across the call.
@@ -132,12 +141,12 @@ fn sendmsg_fd(sock: RawFd, marker: u8, fd: Option<BorrowedFd<'_>>) -> io::Result
     }
 }
 
-/// Receives the marker byte and the fd attached to it, if any.
-pub(crate) async fn recv_marker(s: &UnixStream) -> io::Result<(u8, Option<OwnedFd>)> {
-    s.async_io(Interest::READABLE, || recvmsg_fd(s.as_raw_fd())).await
+/// Receives the marker byte and the descriptors attached to it, in order.
+pub(crate) async fn recv_marker(s: &UnixStream) -> io::Result<(u8, Vec<OwnedFd>)> {
+    s.async_io(Interest::READABLE, || recvmsg_fds(s.as_raw_fd())).await
 }
 
-fn recvmsg_fd(sock: RawFd) -> io::Result<(u8, Option<OwnedFd>)> {
+fn recvmsg_fds(sock: RawFd) -> io::Result<(u8, Vec<OwnedFd>)> {
     let mut byte = [0u8];
     let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
     let mut cbuf = [0u64; 8];
@@ -159,24 +168,27 @@ fn recvmsg_fd(sock: RawFd) -> io::Result<(u8, Option<OwnedFd>)> {
             "the node closed the connection during the handshake",
         ));
     }
-    let mut fd = None;
-    // SAFETY: the kernel filled msg_control/msg_controllen; the CMSG_* walkers stay inside it.
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled msg_control/msg_controllen; the CMSG_* walkers stay inside it,
+    // and a header's data holds (cmsg_len - CMSG_LEN(0)) / 4 descriptors.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>());
-                // Each received fd is ours to close; only the first one is kept.
-                let owned = OwnedFd::from_raw_fd(raw);
-                fd.get_or_insert(owned);
+                let count = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+                let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                for i in 0..count {
+                    // Each received fd is ours to close.
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::other("the node sent more file descriptors than one arena"));
+        return Err(io::Error::other("the node sent more file descriptors than an arena and its rings"));
     }
-    Ok((byte[0], fd))
+    Ok((byte[0], fds))
 }
 
 /// Arenas mapped by this process, by the memfd's identity (device, inode): every session to a
@@ -325,12 +337,13 @@ mod tests {
             recv_marker(&s).await.unwrap()
         });
         let (server_side, _) = l.accept().await.unwrap();
-        send_marker(server_side.as_raw_fd(), Some(std::os::fd::AsFd::as_fd(&arena)), Duration::from_secs(1))
+        send_marker(server_side.as_raw_fd(), &[std::os::fd::AsFd::as_fd(&arena)], Duration::from_secs(1))
             .await
             .unwrap();
-        let (marker, fd) = client.await.unwrap();
+        let (marker, mut fds) = client.await.unwrap();
         assert_eq!(marker, MARKER_ARENA);
-        let mut p = ShmProvider::map(fd.unwrap()).unwrap();
+        assert_eq!(fds.len(), 1);
+        let mut p = ShmProvider::map(fds.remove(0)).unwrap();
         assert_eq!(p.map.len(), 1 << 20);
 
         let mut src: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
@@ -360,10 +373,26 @@ mod tests {
     #[tokio::test]
     async fn a_refused_handshake_sends_no_fd() {
         let (a, b) = UnixStream::pair().unwrap();
-        send_marker(a.as_raw_fd(), None, Duration::from_secs(1)).await.unwrap();
-        let (m, fd) = recv_marker(&b).await.unwrap();
-        assert_eq!((m, fd.is_none()), (MARKER_NONE, true));
+        send_marker(a.as_raw_fd(), &[], Duration::from_secs(1)).await.unwrap();
+        let (m, fds) = recv_marker(&b).await.unwrap();
+        assert_eq!((m, fds.len()), (MARKER_NONE, 0));
         drop(a);
         assert_eq!(recv_marker(&b).await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn an_arena_and_its_rings_cross_in_order() {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut sent = vec![OwnedFd::from(memfd(4096).unwrap())];
+        sent.extend(crate::transport::ring::create(4096).unwrap());
+        assert_eq!(sent.len(), MAX_FDS);
+        let borrowed: Vec<_> = sent.iter().map(AsFd::as_fd).collect();
+        send_marker(a.as_raw_fd(), &borrowed, Duration::from_secs(1)).await.unwrap();
+        let (m, got) = recv_marker(&b).await.unwrap();
+        assert_eq!(m, MARKER_ARENA);
+        let ino = |fd: &OwnedFd| File::from(fd.try_clone().unwrap()).metadata().unwrap().ino();
+        assert_eq!(got.iter().map(ino).collect::<Vec<_>>(), sent.iter().map(ino).collect::<Vec<_>>());
     }
 }
