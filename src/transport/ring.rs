@@ -93,9 +93,10 @@ pub(crate) fn open(fds: Vec<OwnedFd>, sock: RawFd, side: Side) -> io::Result<(Ri
         Side::Client => ((n2c, n2c_data, n2c_space), (c2n, c2n_data, c2n_space)),
     };
     let watch = |fd: OwnedFd| {
+        // Readable only: an eventfd is always writable, and a socket's writability is no news.
         // SAFETY: each descriptor is owned by its AsyncFd, which never replaces or closes it
         // while registered.
-        unsafe { AsyncFd::register(fd) }
+        unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
     };
     let reader = RingReader {
         head: inbound.at(HEAD).load(Ordering::Acquire),
