@@ -161,7 +161,7 @@ impl Session {
         let nonce = send_hello(&mut stream, p, 0).await?;
         let (rd, wr) = tokio::io::split(stream);
         let mut rd = FrameReader::new(rd, answer_limits());
-        let agreed = answer(&mut rd, nonce, p).await?;
+        let agreed = answer(&mut rd, nonce, p, 0).await?;
         Ok(Self::launch(rd, wr, agreed, p, None))
     }
 
@@ -185,7 +185,7 @@ impl Session {
             let sock = std::os::fd::AsRawFd::as_raw_fd(&stream);
             let (rd, wr) = tokio::io::split(stream);
             let mut rd = FrameReader::new(rd, answer_limits());
-            let agreed = answer(&mut rd, nonce, p).await?;
+            let agreed = answer(&mut rd, nonce, p, features).await?;
             // Mapped only once the node's answer authenticated.
             let provider: Option<Box<dyn Provider>> = match fds.is_empty() {
                 true => None,
@@ -323,11 +323,12 @@ fn answer_limits() -> Limits {
     Limits { max_meta: MAX_META_LEN as u32, max_payload: 1 << 40 }
 }
 
-/// Reads and checks the node's HELLO answer.
+/// Reads and checks the node's HELLO answer to a HELLO that asked for `asked` (feature bits).
 async fn answer<R: AsyncRead + Unpin>(
     rd: &mut FrameReader<R>,
     nonce: [u8; 32],
     p: &SessionParams<'_>,
+    asked: u32,
 ) -> Result<Agreed, SessionError> {
     let closed = |why: String| SessionError::Closed(Arc::from(why));
     let f = match rd.read_head().await {
@@ -369,7 +370,9 @@ async fn answer<R: AsyncRead + Unpin>(
         });
     }
     let keys = SessionKeys::derive(p.key, &nonce, &theirs.nonce, Role::Client);
-    Ok(Agreed { keys, payload_mac, max_object, node_id, rings: theirs.features & FEATURE_SHM_RING != 0 })
+    // Rings only where we asked for them: a node's bit alone does not switch a session over.
+    let rings = theirs.features & asked & FEATURE_SHM_RING != 0;
+    Ok(Agreed { keys, payload_mac, max_object, node_id, rings })
 }
 
 /// Sends our HELLO, asking for `features` beyond the payload MAC; returns its nonce.

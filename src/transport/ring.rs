@@ -128,7 +128,8 @@ fn dup(fd: RawFd) -> io::Result<OwnedFd> {
 
 /// One direction's ring inside the mapping.
 struct Dir {
-    map: Arc<MmapRaw>,
+    /// Keeps the mapping (shared by both directions) alive while the pointers are in use.
+    _map: Arc<MmapRaw>,
     header: *mut u8,
     data: *mut u8,
     len: u64,
@@ -146,11 +147,11 @@ impl Dir {
         // SAFETY: `open` checked that the mapping holds both headers and both data areas.
         let (header, data) =
             unsafe { (base.add((index * HEADER) as usize), base.add((2 * HEADER + index * len) as usize)) };
-        Self { map: Arc::clone(map), header, data, len }
+        Self { _map: Arc::clone(map), header, data, len }
     }
 
     fn at(&self, offset: usize) -> &AtomicU64 {
-        debug_assert!(offset < HEADER as usize && self.map.len() > 0);
+        debug_assert!(offset < HEADER as usize);
         // SAFETY: inside the header page, 8-byte aligned (the mapping is page-aligned), and the
         // memory is only ever accessed atomically.
         unsafe { &*self.header.add(offset).cast::<AtomicU64>() }
