@@ -11,6 +11,7 @@ round), with the data verified:
   memkv-1t       memkv with one thread in each process, as Redis and redis-benchmark run: a second
                  node started with MEMKV_THREADS=1, the client with MEMKV_IO_THREADS=1 (on 2 cores
                  shared by both, two threads each mostly buy cross-thread wake-ups)
+  memkv-shm-1t   memkv-shm against that one-thread node, with one client I/O thread
   memkv-1t-batch4  memkv-1t with 4 blocks per request (PUT_BATCH/GET_BATCH, 8 in flight), the shape
                  of Redis's pipeline of 4
   memkv-nixl     benches/nixl_kv.py: the NIXL agent + libplugin_MEMKV.so over TCP
@@ -66,6 +67,7 @@ LATENCY_UNIT = {
     "memkv": "one block (one request)",
     "memkv-shm": "one block (one request)",
     "memkv-1t": "one block (one request)",
+    "memkv-shm-1t": "one block (one request)",
     "memkv-1t-batch4": "one request of 4 blocks (PUT_BATCH/GET_BATCH, 8 in flight)",
     "memkv-nixl": "one NIXL request of 16 blocks",
     "memkv-nixl-shm": "one NIXL request of 16 blocks",
@@ -204,6 +206,7 @@ def mooncake(a, block):
 # memkv-1t-batch4 is memkv-1t with 4 blocks per request: Redis's pipelining (`redis-benchmark -P 4`),
 # and KVBM's batches, are the same idea.
 SYSTEMS = {"memkv": memkv("tcp"), "memkv-shm": memkv("shm"), "memkv-1t": memkv("tcp", one_thread=True),
+           "memkv-shm-1t": memkv("shm", one_thread=True),
            "memkv-1t-batch4": memkv("tcp", 4, one_thread=True),
            "memkv-nixl": memkv_nixl("tcp"),
            "memkv-nixl-shm": memkv_nixl("shm"), "redis": redis, "mooncake": mooncake,
@@ -312,7 +315,7 @@ class ForeignLoad:
 
 # ---- report -------------------------------------------------------------------------------------
 
-COLORS = {"memkv": "#d62728", "memkv-shm": "#9400d3", "memkv-1t": "#e377c2", "memkv-1t-batch4": "#ff7f0e", "memkv-nixl": "#d62728", "memkv-nixl-shm": "#9400d3",
+COLORS = {"memkv": "#d62728", "memkv-shm": "#9400d3", "memkv-shm-1t": "#bcbd22", "memkv-1t": "#e377c2", "memkv-1t-batch4": "#ff7f0e", "memkv-nixl": "#d62728", "memkv-nixl-shm": "#9400d3",
           "redis": "#1f77b4", "mooncake": "#8c564b", "nixl-ucx-tcp": "#2ca02c", "nixl-ucx-shm": "#17becf"}
 DASHED = {"memkv-nixl", "memkv-nixl-shm", "nixl-ucx-shm"}
 
@@ -509,6 +512,11 @@ def report(a, sizes, systems, rows, ceilings, load_summary, failures, busy, meta
                             best_pair, sizes, SHM_RATIO, den_label=True))
     targets.append(pairwise("same host, memkv-shm ahead of nixl-ucx-shm (every size)", "memkv-shm", "nixl-ucx-shm",
                             sizes, 1.0, strict=True))
+    if "memkv-shm-1t" in systems:
+        targets.append(pairwise(f"same host, memkv-shm-1t (one thread per process) ≥ {SHM_RATIO:g}x the best TCP peer "
+                                "(every size)", "memkv-shm-1t", best_pair, sizes, SHM_RATIO, den_label=True))
+        targets.append(pairwise("same host, memkv-shm-1t ahead of nixl-ucx-shm (every size)", "memkv-shm-1t",
+                                "nixl-ucx-shm", sizes, 1.0, strict=True))
     targets.append(pairwise(f"4 KiB and 64 KiB, memkv ≥ {MOONCAKE_RATIO:g}x mooncake", "memkv", "mooncake", SMALL,
                             MOONCAKE_RATIO))
     targets.append(pairwise("4 KiB and 64 KiB, memkv ≥ redis", "memkv", "redis", SMALL, 1.0))
