@@ -646,6 +646,8 @@ def main():
     if a.from_csv:
         rows, ceilings, failures, meta = read_csv(a.from_csv)
         sizes = sorted({r[3] for r in rows if r[2] in ("put", "get")}) if a.sizes == SIZES else sizes
+        # Only the systems the CSV measured (a row added since has no column there).
+        systems = [s for s in systems if any(r[1] == s for r in rows + failures)]
         other = {(r[0], r[1], r[3]): r[8] or 0.0 for r in rows + failures}  # put and get share one sample
         load_summary = (f"processes outside this run used at least {sum(other.values()):.0f} CPU-seconds "
                         f"during its measurements (this report was re-rendered from `{a.from_csv.name}`)")
