@@ -9,7 +9,8 @@ version=${1:-1.5.1}
 venv=$root/.venv/nixl-$version
 if ! "$venv/bin/python" -c "import nixl_cu12._bindings, numpy, pytest" 2>/dev/null; then
   python3 -m venv "$venv" >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check numpy pytest >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "nixl-cu12==$version" >&2
+  pip=("$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir)
+  "${pip[@]}" numpy pytest >&2
+  "${pip[@]}" --no-deps "nixl-cu12==$version" >&2
 fi
 echo "$venv/bin/python"

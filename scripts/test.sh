@@ -7,11 +7,17 @@ cd "$root"
 
 step() { printf '\n== %s\n' "$*"; }
 
+# The full run builds each target once: incremental state would only take disk (1.6 GB on a
+# clean checkout, where CI has little to spare).
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+disk_free() { df -h --output=avail . | tail -1 | tr -d ' '; }
+
 step "toolchain"
 # shellcheck source=scripts/build-deps.sh
 source scripts/build-deps.sh
 cargo --version
 rustc --version
+echo "disk free: $(disk_free)"
 
 step "format"
 cargo fmt --all -- --check
@@ -33,3 +39,4 @@ cargo test --workspace --doc --locked
 
 step "NIXL plugin inside the real NIXL (nixl-cu12 1.5.1, 1.4.1, 1.3.2)"
 scripts/test-nixl.sh
+echo "disk free: $(disk_free)"
