@@ -2,11 +2,11 @@
 """Peer: NIXL's own UCX backend moving host memory between two agents of one process.
 
 WRITE (the PUT-like direction) copies 16 blocks from agent A's buffer into agent B's, READ pulls
-them back into a zeroed buffer of A; each direction runs for --duration seconds with one request
-of 16 blocks reposted as soon as it completes. UCX picks its transports from UCX_TLS: `tcp` is the
+them back into a zeroed buffer of A; each direction runs for --duration seconds with --inflight
+requests of 16 blocks (each over its own blocks), each reposted as soon as it completes. UCX picks its transports from UCX_TLS: `tcp` is the
 peer of MemKV's TCP path, UCX's default (shared memory / CMA on one host) the peer of a same-host
 transport. Bytes are compared after each phase. Each transfer is timed from its post to the poll
-that sees it DONE (busy polling: one transfer in flight), and the p99 of those latencies is
+that sees it DONE (busy polling), and the p99 of those latencies is
 reported per phase; a transfer still in flight after --timeout seconds is an error. Prints one
 JSON line.
 
@@ -33,10 +33,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="2MiB")
     ap.add_argument("--duration", type=float, default=3.0)
+    ap.add_argument("--inflight", type=int, default=1, help="requests of 16 blocks in flight")
     ap.add_argument("--timeout", type=float, default=30.0, help="most seconds one transfer may take")
     a = ap.parse_args()
+    if a.inflight < 1:
+        ap.error("--inflight must be at least 1")
     block = size(a.size)
-    n = BATCH * block
+    n = a.inflight * BATCH * block
     pid = os.getpid()
     one = nixl_agent(f"ucx-a-{pid}", nixl_agent_config(backends=["UCX"]))
     two = nixl_agent(f"ucx-b-{pid}", nixl_agent_config(backends=["UCX"]))
@@ -48,25 +51,37 @@ def main():
     one.add_remote_agent(two.get_agent_metadata())
     two.add_remote_agent(one.get_agent_metadata())
 
-    def descs(agent, base):
-        return agent.get_xfer_descs([(base + i * block, block, 0) for i in range(BATCH)], "DRAM")
+    def descs(agent, base, r):
+        first = r * BATCH
+        return agent.get_xfer_descs([(base + (first + i) * block, block, 0) for i in range(BATCH)], "DRAM")
 
-    far_descs = descs(one, far.ctypes.data)
-    result = {"system": f"nixl-ucx-{os.environ.get('UCX_TLS', 'default')}", "block_bytes": block}
+    result = {"system": f"nixl-ucx-{os.environ.get('UCX_TLS', 'default')}", "block_bytes": block,
+              "inflight": a.inflight}
     for op, local in (("WRITE", src), ("READ", back)):
-        h = one.initialize_xfer(op, descs(one, local.ctypes.data), far_descs, two.name)
+        handles = [one.initialize_xfer(op, descs(one, local.ctypes.data, r), descs(one, far.ctypes.data, r), two.name)
+                   for r in range(a.inflight)]
         moved, lat_us, start = 0, [], time.perf_counter()
-        while time.perf_counter() - start < a.duration:
+        posted = []
+        for h in handles:
             t0 = time.perf_counter()
-            s = one.transfer(h)
-            while s == "PROC" and time.perf_counter() - t0 < a.timeout:
+            posted.append((h, t0, one.transfer(h)))
+        while posted:
+            h, t0, s = posted.pop(0)
+            if s == "PROC":
                 s = one.check_xfer_state(h)
+            if s == "PROC" and time.perf_counter() - t0 < a.timeout:
+                posted.append((h, t0, s))
+                continue
             if s != "DONE":
                 raise RuntimeError(f"{op}: {s}" + (f" after {a.timeout:g} s" if s == "PROC" else ""))
-            lat_us.append((time.perf_counter() - t0) * 1e6)
-            moved += n
+            now = time.perf_counter()
+            lat_us.append((now - t0) * 1e6)
+            moved += BATCH * block
+            if now - start < a.duration:
+                posted.append((h, now, one.transfer(h)))
         secs = time.perf_counter() - start
-        one.release_xfer_handle(h)
+        for h in handles:
+            one.release_xfer_handle(h)
         ok = bool(np.array_equal(src, far if op == "WRITE" else back))
         key = "put" if op == "WRITE" else "get"
         result[f"{key}_gib_per_s"] = moved / secs / (1 << 30)
