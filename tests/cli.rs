@@ -650,6 +650,75 @@ fn bench_both_runs_every_op_of_both_phases_without_errors_or_misses() {
 }
 
 #[test]
+fn bench_pool_reads_into_the_pool_and_compares_every_block() {
+    let creds = Creds::new();
+    let node = Node::start(&creds, "127.0.0.66", &[]);
+    let env = client_env(&creds, &node.data.to_string());
+    let json = |out: &Out| -> Vec<serde_json::Value> {
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench --json prints JSON");
+        doc.as_array().expect("an array of phases").clone()
+    };
+    // Requests of 3 into 2 requests' pools, every GET compared with what was written; 40 blocks
+    // end with a request of 1. One block size below the inline limit, one above.
+    let args = [
+        "bench",
+        "--op",
+        "both",
+        "--size",
+        "4KiB,64KiB",
+        "--keys",
+        "10",
+        "--batch",
+        "3",
+        "--inflight",
+        "6",
+        "--count",
+        "40",
+        "--verify-every",
+        "1",
+        "--pool",
+        "--prefix",
+        "pooled",
+        "--no-progress",
+        "--json",
+    ];
+    let out = run(cli_bin(), &args, &env, None, Duration::from_secs(40));
+    assert!(out.ok(), "{out:?}");
+    let phases = json(&out);
+    assert_eq!(phases.len(), 4, "{phases:?}");
+    for p in &phases {
+        assert_eq!(
+            (p["ops"].as_u64(), p["errors"].as_u64(), p["misses"].as_u64()),
+            (Some(40), Some(0), Some(0)),
+            "{p}"
+        );
+    }
+    // Keys nobody wrote: every block a miss, none an error (a miss leaves its pool block unread).
+    let args = [
+        "bench",
+        "--op",
+        "get",
+        "--no-fill",
+        "--size",
+        "4KiB",
+        "--keys",
+        "5",
+        "--count",
+        "20",
+        "--pool",
+        "--prefix",
+        "never-written",
+        "--no-progress",
+        "--json",
+    ];
+    let out = run(cli_bin(), &args, &env, None, Duration::from_secs(40));
+    assert_eq!(out.code, Some(1), "misses make bench exit 1: {out:?}");
+    let phases = json(&out);
+    assert_eq!((phases[0]["ops"].as_u64(), phases[0]["misses"].as_u64()), (Some(20), Some(20)), "{phases:?}");
+    assert_eq!(phases[0]["errors"], 0, "{phases:?}");
+}
+
+#[test]
 fn bench_plot_writes_an_svg_with_one_line_per_op_through_the_measured_sizes() {
     let creds = Creds::new();
     let node = Node::start(&creds, "127.0.0.63", &[]);
@@ -711,6 +780,8 @@ fn bench_refuses_flags_it_cannot_honour_before_measuring() {
         (&["--via", "nixl", "--prefix", "mine"], "--prefix"),
         (&["--via", "nixl", "--gpu"], "--gpu"),
         (&["--via", "nixl", "--batch", "4"], "--batch"),
+        (&["--via", "nixl", "--pool"], "--pool"),
+        (&["--gpu", "--pool"], "--pool"),
         (&["--python", "/usr/bin/python3"], "--via nixl"),
         (&["--nixl-plugin-dir", "/tmp"], "--via nixl"),
         (&["--gpu", "--plot", "gpu.svg"], "--plot"),

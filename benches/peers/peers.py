@@ -16,6 +16,9 @@ round), with the data verified:
                  of Redis's pipeline of 4
   memkv-shm-1t-batch16  memkv-shm-1t with 16 blocks per request (8 in flight, at most 512 MiB:
                  2 at 16 MiB), the shape of KVBM's NIXL requests and of the UCX peer's transfers
+  memkv-pool     memkv, its GETs read into a pool of this process's memory (`--pool`) as large as
+                 memkv-nixl's: as many blocks in flight (64; 32 at 16 MiB). The raw client doing
+                 what the NIXL driver does, for the plugin's target
   memkv-nixl     benches/nixl_kv.py: the NIXL agent + libplugin_MEMKV.so over TCP
                  (MEMKV_TRANSPORT=tcp; 16 blocks x 4 requests; every onboarded block compared)
   memkv-nixl-shm the same with MEMKV_TRANSPORT=shm
@@ -72,6 +75,7 @@ LATENCY_UNIT = {
     "memkv-shm-1t": "one block (one request)",
     "memkv-1t-batch4": "one request of 4 blocks (PUT_BATCH/GET_BATCH, 8 in flight)",
     "memkv-shm-1t-batch16": "one request of 16 blocks (PUT_BATCH/GET_BATCH, 8 in flight; 2 at 16 MiB)",
+    "memkv-pool": "one block (one request)",
     "memkv-nixl": "one NIXL request of 16 blocks",
     "memkv-nixl-shm": "one NIXL request of 16 blocks",
     "redis": "one command (redis-benchmark, pipeline 4)",
@@ -124,16 +128,26 @@ def memkv_keys(block):
     return max(8, min(4096, (256 << 20) // block))
 
 
-def memkv(transport, batch=1, one_thread=False):
+def nixl_handles(block):
+    """NIXL requests of 16 blocks in flight: 4, fewer where they would hold more than 512 MiB."""
+    return max(1, min(4, (512 << 20) // (16 * block)))
+
+
+def memkv(transport, batch=1, one_thread=False, pool=False):
     """`memkv bench` over 4 connections, `batch` blocks per request: 32 blocks in flight, or
     8 requests where that is more, as long as they hold at most 512 MiB (the NIXL driver's bound);
-    `one_thread`: against the one-thread node, with one client I/O thread."""
+    `one_thread`: against the one-thread node, with one client I/O thread; `pool`: GETs into a
+    pool (`--pool`) of as many blocks as the NIXL driver has in flight."""
     def measure(a, block):
-        inflight = batch * max(32 // batch, min(8, (512 << 20) // (block * batch)), 1)
+        if pool:
+            inflight = 16 * nixl_handles(block)
+        else:
+            inflight = batch * max(32 // batch, min(8, (512 << 20) // (block * batch)), 1)
         env = {**os.environ, "MEMKV_SERVERS": a.node_1t, "MEMKV_IO_THREADS": "1"} if one_thread else None
         rows = run_json([a.bin / "memkv", "--transport", transport, "bench", "--op", "both", "--size", str(block),
                          "--connections", "4", "--inflight", str(inflight), "--batch", str(batch), "--duration", str(a.seconds),
-                         "--verify-every", str(a.verify_every), "--json", "--no-progress"], env=env)
+                         "--verify-every", str(a.verify_every), "--json", "--no-progress"]
+                        + (["--pool"] if pool else []), env=env)
         out = {}
         for r in rows:
             verified = r.get("errors", 0) == 0 and r.get("misses", 0) == 0
@@ -144,7 +158,7 @@ def memkv(transport, batch=1, one_thread=False):
 
 def memkv_nixl(transport):
     def measure(a, block):
-        handles = max(1, min(4, (512 << 20) // (16 * block)))
+        handles = nixl_handles(block)
         env = {**os.environ, "NIXL_PLUGIN_DIR": str(a.bin), "MEMKV_TRANSPORT": transport}
         r = run_json([sys.executable, ROOT / "benches" / "nixl_kv.py", "--size", str(block), "--handles",
                       str(handles), "--duration", str(a.seconds), "--json"], env=env)
@@ -214,6 +228,7 @@ SYSTEMS = {"memkv": memkv("tcp"), "memkv-shm": memkv("shm"), "memkv-1t": memkv("
            "memkv-shm-1t": memkv("shm", one_thread=True),
            "memkv-1t-batch4": memkv("tcp", 4, one_thread=True),
            "memkv-shm-1t-batch16": memkv("shm", 16, one_thread=True),
+           "memkv-pool": memkv("tcp", pool=True),
            "memkv-nixl": memkv_nixl("tcp"),
            "memkv-nixl-shm": memkv_nixl("shm"), "redis": redis, "mooncake": mooncake,
            "nixl-ucx-tcp": ucx("tcp"), "nixl-ucx-shm": ucx(None)}
@@ -323,7 +338,7 @@ class ForeignLoad:
 
 # ---- report -------------------------------------------------------------------------------------
 
-COLORS = {"memkv": "#d62728", "memkv-shm": "#9400d3", "memkv-shm-1t": "#bcbd22", "memkv-1t": "#e377c2", "memkv-1t-batch4": "#ff7f0e", "memkv-shm-1t-batch16": "#7f7f7f", "memkv-nixl": "#d62728", "memkv-nixl-shm": "#9400d3",
+COLORS = {"memkv": "#d62728", "memkv-shm": "#9400d3", "memkv-shm-1t": "#bcbd22", "memkv-1t": "#e377c2", "memkv-1t-batch4": "#ff7f0e", "memkv-shm-1t-batch16": "#7f7f7f", "memkv-pool": "#bc8f8f", "memkv-nixl": "#d62728", "memkv-nixl-shm": "#9400d3",
           "redis": "#1f77b4", "mooncake": "#8c564b", "nixl-ucx-tcp": "#2ca02c", "nixl-ucx-shm": "#17becf"}
 DASHED = {"memkv-nixl", "memkv-nixl-shm", "nixl-ucx-shm"}
 
@@ -548,6 +563,10 @@ def report(a, sizes, systems, rows, ceilings, load_summary, failures, busy, meta
                    "(µs; units per system in the notes above). " + "; ".join(lat_cells) + ".")
     targets.append(pairwise(f"NIXL plugin ≥ {NIXL_SHARE:.0%} of the raw client, TCP (every size)", "memkv-nixl", "memkv",
                             sizes, NIXL_SHARE))
+    if "memkv-pool" in systems:
+        targets.append(pairwise(f"NIXL plugin ≥ {NIXL_SHARE:.0%} of the raw client reading into a pool as large as the "
+                                "driver's (memkv-pool), TCP (every size)", "memkv-nixl", "memkv-pool", sizes,
+                                NIXL_SHARE))
     if "memkv-nixl-shm" in systems:
         targets.append(pairwise(f"NIXL plugin ≥ {NIXL_SHARE:.0%} of the raw client, shared memory (every size)",
                                 "memkv-nixl-shm", "memkv-shm", sizes, NIXL_SHARE))

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use memkv::Client;
-use memkv::client::{GetItem, PutItem};
+use memkv::client::{GetItem, Loans, PutItem};
 use memkv::config::{format_size, parse_size};
 
 use crate::ConnArgs;
@@ -133,6 +133,11 @@ pub(crate) struct BenchArgs {
     /// nixl, any N but 0 compares every block once, after the READ phase
     #[arg(long, default_value_t = 1, value_name = "N")]
     verify_every: u64,
+    /// GETs read into a fixed pool of this process's memory, one block-sized region per block in
+    /// flight (as KVBM's host pool is through NIXL), with `get_batch_into`, instead of into a new
+    /// buffer each
+    #[arg(long)]
+    pool: bool,
     // `--gpu`, `--gpu-index`, `--gpu-bytes`: see bench_gpu.rs.
     #[command(flatten)]
     gpu: crate::bench_gpu::GpuArgs,
@@ -217,6 +222,9 @@ fn refuse_for_nixl(args: &BenchArgs) -> Result<()> {
     if args.gpu.enabled {
         bail!("--via nixl does not take --gpu: the NIXL driver moves host (DRAM) blocks; run --gpu with --via raw");
     }
+    if args.pool {
+        bail!("--via nixl always reads into the pool it registers with NIXL; drop --pool");
+    }
     if args.op == BenchOp::Mixed {
         bail!("--via nixl cannot run --op mixed: a NIXL request is all WRITE or all READ; use --op both, or --via raw");
     }
@@ -259,6 +267,9 @@ pub(crate) async fn run(conn: &ConnArgs, args: BenchArgs) -> Result<ExitCode> {
     if args.gpu.enabled {
         if args.plot.is_some() {
             bail!("--plot does not draw --gpu runs (their rows are per copy path, not per block size); drop --plot");
+        }
+        if args.pool {
+            bail!("--pool is for GETs into host memory; --gpu reads into GPU memory, so drop --pool");
         }
         let common = crate::bench_gpu::Common {
             size: &args.size,
@@ -497,19 +508,26 @@ async fn phase(client: &Client, values: &Arc<Values>, kind: Kind, keys: usize, a
         b.set_prefix(format!("{} {}", kind.name(), format_size(values.size)));
         b
     };
-    let start = Instant::now();
     let batch = args.batch;
     let requests = (args.inflight as u64 / batch).max(1);
+    // With --pool, each request's own blocks of the pool, written once before timing so that
+    // their pages exist (a KVBM pool is registered, and so touched, before its first transfer).
+    let block = usize::try_from(values.size).expect("a value that was built fits in memory");
+    let pool_bytes = if args.pool && kind != Kind::Put { batch as usize * block } else { 0 };
+    let mut pools: Vec<Vec<u8>> = (0..requests).map(|_| vec![0x5a; pool_bytes]).collect();
+    let start = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..requests {
         let (client, values, next, bytes_done, bar) =
             (client.clone(), Arc::clone(values), Arc::clone(&next), Arc::clone(&bytes_done), bar.clone());
         let (count, verify_every) = (args.count, args.verify_every);
+        let mut pool = pools.pop().expect("one pool per request");
         workers.spawn(async move {
             let mut lat = Vec::new();
             let (mut blocks, mut misses, mut errors) = (0u64, 0u64, 0u64);
-            let check = |i: u64, k: usize, got: Option<&Bytes>, misses: &mut u64, errors: &mut u64| match got {
-                Some(v) if verify_every == 0 || !i.is_multiple_of(verify_every) || *v == values.data[k] => {}
+            let loans = Loans::new();
+            let check = |i: u64, k: usize, got: Option<&[u8]>, misses: &mut u64, errors: &mut u64| match got {
+                Some(v) if verify_every == 0 || !i.is_multiple_of(verify_every) || v == &values.data[k][..] => {}
                 Some(_) => {
                     *errors += 1;
                     tracing::error!(key = %String::from_utf8_lossy(&values.keys[k]), "GET returned bytes that differ from what was written");
@@ -532,11 +550,33 @@ async fn phase(client: &Client, values: &Arc<Values>, kind: Kind, keys: usize, a
                 let failed = if n == 1 && write {
                     let k = key_of(0);
                     client.put(&values.keys[k], values.data[k].clone()).await.err()
+                } else if !write && !pool.is_empty() {
+                    let items: Vec<GetItem> = (0..n)
+                        .map(|j| GetItem { key: values.keys[key_of(j)].clone(), offset: 0, length: values.size })
+                        .collect();
+                    // SAFETY: each target is its own block of this request's pool, which nothing
+                    // reads or writes until the loans have ended (waited for below).
+                    let targets =
+                        (0..n as usize).map(|j| unsafe { loans.target(pool.as_mut_ptr().add(j * block), block) }).collect();
+                    let got = client.get_batch_into(&items, targets).await;
+                    while loans.outstanding() > 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    match got {
+                        Ok(found) => {
+                            for (j, f) in found.into_iter().enumerate() {
+                                let bytes = &pool[j * block..(j + 1) * block];
+                                check(i + j as u64, key_of(j as u64), f.then_some(bytes), &mut misses, &mut errors);
+                            }
+                            None
+                        }
+                        Err(e) => Some(e),
+                    }
                 } else if n == 1 {
                     let k = key_of(0);
                     match client.get(&values.keys[k]).await {
                         Ok(v) => {
-                            check(i, k, v.as_ref(), &mut misses, &mut errors);
+                            check(i, k, v.as_deref(), &mut misses, &mut errors);
                             None
                         }
                         Err(e) => Some(e),
@@ -555,7 +595,7 @@ async fn phase(client: &Client, values: &Arc<Values>, kind: Kind, keys: usize, a
                     match client.get_batch(&items).await {
                         Ok(got) => {
                             for (j, v) in got.iter().enumerate() {
-                                check(i + j as u64, key_of(j as u64), v.as_ref(), &mut misses, &mut errors);
+                                check(i + j as u64, key_of(j as u64), v.as_deref(), &mut misses, &mut errors);
                             }
                             None
                         }
