@@ -3,12 +3,12 @@
 
 WRITE (the PUT-like direction) copies 16 blocks from agent A's buffer into agent B's, READ pulls
 them back into a zeroed buffer of A; each direction runs for --duration seconds with --inflight
-requests of 16 blocks (each over its own blocks), each reposted as soon as it completes. UCX picks its transports from UCX_TLS: `tcp` is the
-peer of MemKV's TCP path, UCX's default (shared memory / CMA on one host) the peer of a same-host
-transport. Bytes are compared after each phase. Each transfer is timed from its post to the poll
-that sees it DONE (busy polling), and the p99 of those latencies is
-reported per phase; a transfer still in flight after --timeout seconds is an error. Prints one
-JSON line.
+requests of 16 blocks (each over its own blocks; default 1), each reposted as soon as it
+completes. UCX picks its transports from UCX_TLS: `tcp` is the peer of MemKV's TCP path, UCX's
+default (shared memory / CMA on one host) the peer of a same-host transport. Bytes are compared
+after each phase. Each transfer is timed from its post to the poll that sees it DONE (busy
+polling), and the p99 of those latencies is reported per phase; a transfer still in flight after
+--timeout seconds is an error. Prints one JSON line.
 
   UCX_TLS=tcp python benches/peers/ucx_peer.py --size 2MiB --duration 3
 """
