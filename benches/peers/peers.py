@@ -128,21 +128,25 @@ def memkv_keys(block):
     return max(8, min(4096, (256 << 20) // block))
 
 
+# The most bytes the NIXL driver keeps in flight; the batched rows keep to it too.
+INFLIGHT_BYTES = 512 << 20
+
+
 def nixl_handles(block):
-    """NIXL requests of 16 blocks in flight: 4, fewer where they would hold more than 512 MiB."""
-    return max(1, min(4, (512 << 20) // (16 * block)))
+    """NIXL requests of 16 blocks in flight: 4, fewer where they would hold more than INFLIGHT_BYTES."""
+    return max(1, min(4, INFLIGHT_BYTES // (16 * block)))
 
 
 def memkv(transport, batch=1, one_thread=False, pool=False):
     """`memkv bench` over 4 connections, `batch` blocks per request: 32 blocks in flight, or
-    8 requests where that is more, as long as they hold at most 512 MiB (the NIXL driver's bound);
+    8 requests where that is more, as long as they hold at most INFLIGHT_BYTES (the NIXL driver's bound);
     `one_thread`: against the one-thread node, with one client I/O thread; `pool`: GETs into a
     pool (`--pool`) of as many blocks as the NIXL driver has in flight."""
     def measure(a, block):
         if pool:
             inflight = 16 * nixl_handles(block)
         else:
-            inflight = batch * max(32 // batch, min(8, (512 << 20) // (block * batch)), 1)
+            inflight = batch * max(32 // batch, min(8, INFLIGHT_BYTES // (block * batch)), 1)
         env = {**os.environ, "MEMKV_SERVERS": a.node_1t, "MEMKV_IO_THREADS": "1"} if one_thread else None
         rows = run_json([a.bin / "memkv", "--transport", transport, "bench", "--op", "both", "--size", str(block),
                          "--connections", "4", "--inflight", str(inflight), "--batch", str(batch), "--duration", str(a.seconds),
