@@ -2,7 +2,8 @@
 //! `memkv-server` processes: RESERVE → write → COMMIT and LOOKUP → read → RELEASE, several client
 //! processes at once, a client killed mid-transfer, eviction racing pinned reads, and the
 //! transport choice (`auto`, `shm`, `tcp`, a node without a shared-memory socket). Small
-//! entries (at most `INLINE_MAX`) go inline on the same session, so these tests move larger ones.
+//! transfers go inline on the same session (a GET entry of at most `INLINE_MAX`, 16 KiB; a PUT
+//! of at most 64 KiB), so these tests move larger ones.
 //! 127.0.10.x.
 
 mod common;
@@ -66,7 +67,7 @@ fn batches_ranges_and_single_keys_move_one_sidedly_and_verify() {
         assert_eq!(client.get(b"single").await.unwrap(), None);
     });
     // The large bytes went through the arena, not the socket: RESERVE/COMMIT and LOOKUP/RELEASE.
-    // Only the 5-byte PUT went inline (at most INLINE_MAX bytes: a round trip costs more).
+    // Only the 5-byte PUT went inline (PUTs of at most 64 KiB: a round trip costs more).
     assert!(requests(&node, "commit") >= 4 && requests(&node, "lookup") >= 4, "{}", node.admin_get("/v1/metrics").1);
     assert_eq!(requests(&node, "put_batch") + requests(&node, "get_batch") + requests(&node, "get"), 0);
     assert_eq!(requests(&node, "put"), 1);
@@ -159,6 +160,31 @@ fn a_client_killed_mid_transfer_leaves_no_lease_and_no_memory_behind() {
 }
 
 #[test]
+fn puts_of_at_most_64_kib_go_inline_and_larger_ones_one_sidedly() {
+    let creds = Creds::new();
+    let node = Node::start(&creds, "127.0.10.7", &[]);
+    let client = creds.client(&[&node], &[("transport", "shm")]);
+    let rt = runtime();
+    let small: Vec<PutItem> = (0..16).map(|i| PutItem::whole(format!("s-{i}"), block(4096, i))).collect();
+    let over: Vec<PutItem> = (0..2).map(|i| PutItem::whole(format!("o-{i}"), block((32 << 10) + 1, i))).collect();
+    rt.block_on(async {
+        // 16 x 4 KiB is one inline PUT_BATCH, and 64 KiB one inline PUT.
+        client.put_batch(&small).await.unwrap();
+        client.put(b"edge", block(64 << 10, 7)).await.unwrap();
+        assert_eq!((requests(&node, "put_batch"), requests(&node, "put"), requests(&node, "commit")), (1, 1, 0));
+        // One byte more goes through the arena: a batch and a single value.
+        client.put_batch(&over).await.unwrap();
+        client.put(b"past", block((64 << 10) + 1, 8)).await.unwrap();
+        assert_eq!((requests(&node, "put_batch"), requests(&node, "put"), requests(&node, "commit")), (1, 1, 2));
+        for it in small.iter().chain(&over) {
+            assert_eq!(client.get(&it.key).await.unwrap().as_ref(), Some(&it.data));
+        }
+        assert_eq!(client.get(b"edge").await.unwrap(), Some(block(64 << 10, 7)));
+        assert_eq!(client.get(b"past").await.unwrap(), Some(block((64 << 10) + 1, 8)));
+    });
+}
+
+#[test]
 fn eviction_racing_pinned_reads_never_hands_out_a_wrong_block() {
     let creds = Creds::new();
     // 8 MiB of arena for 64 KiB blocks: the writer evicts all the time.
@@ -224,10 +250,10 @@ fn auto_picks_shared_memory_on_this_host_and_tcp_when_the_node_offers_none() {
     let rt = runtime();
     let auto = creds.client(&[&shm, &plain], &[]);
     rt.block_on(async {
-        // Above INLINE_MAX, so that shared memory moves them one-sidedly.
+        // Above the inline limits, so that shared memory moves them one-sidedly.
         for i in 0..40u64 {
-            auto.put(format!("a-{i}").as_bytes(), block(64 << 10, i)).await.unwrap();
-            assert_eq!(auto.get(format!("a-{i}").as_bytes()).await.unwrap(), Some(block(64 << 10, i)));
+            auto.put(format!("a-{i}").as_bytes(), block(128 << 10, i)).await.unwrap();
+            assert_eq!(auto.get(format!("a-{i}").as_bytes()).await.unwrap(), Some(block(128 << 10, i)));
         }
     });
     assert!(requests(&shm, "commit") > 0 && requests(&shm, "put") == 0);
@@ -239,7 +265,7 @@ fn auto_picks_shared_memory_on_this_host_and_tcp_when_the_node_offers_none() {
     assert!(e.contains("MEMKV_TRANSPORT=shm cannot be honoured") && e.contains("--shm-socket off"), "{e}");
     let commits = requests(&shm, "commit");
     let tcp = creds.client(&[&shm], &[("transport", "tcp")]);
-    rt.block_on(tcp.put(b"t", block(64 << 10, 2))).unwrap();
+    rt.block_on(tcp.put(b"t", block(128 << 10, 2))).unwrap();
     assert_eq!(requests(&shm, "commit"), commits);
 }
 
@@ -280,7 +306,7 @@ fn a_node_restarted_without_shared_memory_is_reached_over_tcp_after_the_reconnec
     let port = node.data.port().to_string();
     let client = creds.client(&[&node], &[]);
     let rt = runtime();
-    rt.block_on(client.put(b"before", block(64 << 10, 1))).unwrap();
+    rt.block_on(client.put(b"before", block(128 << 10, 1))).unwrap();
     assert!(requests(&node, "commit") > 0, "first over shared memory");
     node.kill();
     let node = Node::start_on(&creds, "127.0.10.9", &port, &["--shm-socket", "off"]);
@@ -288,11 +314,11 @@ fn a_node_restarted_without_shared_memory_is_reached_over_tcp_after_the_reconnec
     // client chooses again and finds only TCP.
     let deadline = Instant::now() + Duration::from_secs(10);
     rt.block_on(async {
-        while client.put(b"after", block(64 << 10, 2)).await.is_err() {
+        while client.put(b"after", block(128 << 10, 2)).await.is_err() {
             assert!(Instant::now() < deadline, "the restarted node never became reachable");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(client.get(b"after").await.unwrap(), Some(block(64 << 10, 2)));
+        assert_eq!(client.get(b"after").await.unwrap(), Some(block(128 << 10, 2)));
     });
     assert!(requests(&node, "put") > 0 && requests(&node, "commit") == 0);
 }

@@ -652,7 +652,7 @@ impl Client {
         let idx = self.inner.placement.owner(&k);
         let session = self.session(&self.inner.nodes[idx]).await?;
         // Small writes go inline: a round trip costs more than their bytes.
-        if session.is_one_sided() && value.len() as u64 > wire::INLINE_MAX {
+        if session.is_one_sided() && value.len() as u64 > session.put_inline_max() {
             let meta = Self::one_entry(&k, offset, &value, total);
             let s = self.put_one_sided(idx, &session, meta, &[&value]).await?;
             return match s.first() {
@@ -859,12 +859,12 @@ impl Client {
     }
 
     /// Sends one group of a prepared PUT batch: one-sidedly on a session with a provider (unless
-    /// the group is small: [`wire::INLINE_MAX`]), else as one PUT_BATCH. Returns each entry's
-    /// status.
+    /// the group is small: [`Session::put_inline_max`]), else as one PUT_BATCH. Returns each
+    /// entry's status.
     async fn put_group(&self, g: &PutGroup, data: &[Bytes]) -> Result<Vec<Status>, ClientError> {
         let session = self.session(&self.inner.nodes[g.idx]).await?;
         let total: u64 = g.members.iter().map(|&i| data[i].len() as u64).sum();
-        if session.is_one_sided() && total > wire::INLINE_MAX {
+        if session.is_one_sided() && total > session.put_inline_max() {
             let bytes: Vec<&[u8]> = g.members.iter().map(|&i| &data[i][..]).collect();
             return self.put_one_sided(g.idx, &session, g.meta.clone(), &bytes).await;
         }

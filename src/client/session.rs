@@ -131,6 +131,9 @@ pub(crate) struct Session {
     pub(crate) rings: bool,
 }
 
+/// [`Session::put_inline_max`] of a session whose frames go through shared-memory rings.
+const SHM_PUT_INLINE_MAX: u64 = 64 << 10;
+
 /// What a session needs to start.
 pub(crate) struct SessionParams<'a> {
     pub(crate) key: &'a AuthKey,
@@ -248,6 +251,17 @@ impl Session {
     /// Whether the session moves bytes one-sidedly (its control ops then carry no payload).
     pub(crate) fn is_one_sided(&self) -> bool {
         self.one_sided.load(Ordering::Acquire)
+    }
+
+    /// The largest PUT (one value, or the values of one batch group together) that goes inline
+    /// as frames even when the session moves bytes one-sidedly: up to it, the second round trip
+    /// of a one-sided PUT (RESERVE, copy, COMMIT) costs more than the node's copy of the
+    /// payload out of the frame. Through shared-memory rings that holds up to 64 KiB (PUTs of
+    /// 16 x 4 KiB, 4 x 16 KiB, 1 x 32 KiB and 1 x 64 KiB went faster inline; 16 x 16 KiB and
+    /// 16 x 64 KiB went slower: docs/benchmarks.md). RDMA, not measured, keeps the node's inline
+    /// answer limit.
+    pub(crate) fn put_inline_max(&self) -> u64 {
+        if self.rings { SHM_PUT_INLINE_MAX } else { wire::INLINE_MAX }
     }
 
     /// The session's one-sided provider, locked for one transfer (the control steps around it
