@@ -206,7 +206,7 @@ impl Session {
             let (rr, rw) = ring::open(fds, sock, ring::Side::Client)
                 .map_err(|e| closed(format!("cannot open the session's shared-memory rings: {e}")))?;
             drop((rd, wr));
-            Ok(Self::launch(FrameReader::new(rr, answer_limits()), rw, agreed, p, provider))
+            Ok(Self::launch(FrameReader::for_ring(rr, answer_limits()), rw, agreed, p, provider))
         };
         tokio::time::timeout(p.connect_timeout, run).await.map_err(|_| {
             closed(format!("shared-memory handshake timed out after {} ms", p.connect_timeout.as_millis()))

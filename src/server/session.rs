@@ -143,7 +143,7 @@ where
             let halves = ring::open(fds, sock, ring::Side::Node);
             drop((rd, wr));
             match halves {
-                Ok((rr, rw)) => run(FrameReader::new(rr, ctx.limits), rw, keys, payload_mac, ctx, peer).await,
+                Ok((rr, rw)) => run(FrameReader::for_ring(rr, ctx.limits), rw, keys, payload_mac, ctx, peer).await,
                 Err(e) => tracing::warn!(%peer, error = %e, "cannot open the session's shared-memory rings; closing"),
             }
         }
