@@ -253,15 +253,14 @@ impl ArenaMap {
                 Dir::Write => memmap2::Advice::PopulateWrite,
                 Dir::Read => memmap2::Advice::PopulateRead,
             };
-            match self.map.advise_range(advice, start, end - start) {
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EFAULT | libc::ENOMEM)) => {
-                    return Err(format!(
-                        "the node's shared arena cannot be mapped at {start}+{} ({e}): the host is out \
-                         of memory for it; free memory or give the node a smaller MEMKV_MEMORY",
-                        end - start
-                    ));
-                }
-                _ => {}
+            if let Err(e) = self.map.advise_range(advice, start, end - start)
+                && matches!(e.raw_os_error(), Some(libc::EFAULT | libc::ENOMEM))
+            {
+                return Err(format!(
+                    "the node's shared arena cannot be mapped at {start}+{} ({e}): the host is out of \
+                     memory for it; free memory or give the node a smaller MEMKV_MEMORY",
+                    end - start
+                ));
             }
             for i in run..g {
                 self.mapped[i / 64].fetch_or(1 << (i % 64), std::sync::atomic::Ordering::Relaxed);

@@ -158,8 +158,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Reads some payload bytes into `dst`: from the read buffer while it holds any; once it is
-    /// drained, straight from the socket when `dst` has room for [`DIRECT_READ`] bytes or more
-    /// (else through the buffer, so that small frames behind it arrive in the same read).
+    /// drained, straight from the stream when `dst` has room for `direct` bytes or more
+    /// ([`DIRECT_READ`] on a socket, any on a ring; else through the buffer, so that small frames
+    /// behind it arrive in the same read).
     async fn read_payload(&mut self, dst: &mut [u8]) -> io::Result<usize> {
         let n = if self.inner.buffer().is_empty() && dst.len() >= self.direct {
             self.inner.get_mut().read(dst).await?
