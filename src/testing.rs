@@ -137,6 +137,12 @@ pub fn copy_with_crc(src: &[u8], dst: &mut [u8], stream: bool) -> u32 {
     }
 }
 
+/// The CRC32C that the data paths take of bulk bytes likely cold in cache
+/// (`transport::crc_copy::crc_bulk`: three lanes, prefetching one step ahead), for the benchmarks.
+pub fn crc_bulk(bytes: &[u8]) -> u32 {
+    crate::transport::crc_copy::crc_bulk(0, bytes)
+}
+
 /// Whether this host has an RDMA device, for tests that run only with or only without one. The
 /// class directory alone does not say so: a host with the RDMA core loaded and no NIC (an H200
 /// cloud VM, say) has `/sys/class/infiniband`, empty.

@@ -33,6 +33,7 @@ use parking_lot::Mutex;
 
 use crate::config::{ClientConfig, ConfigError, ServerAddr, Sources, Transport};
 use crate::license::{License, LicenseError, TrustedKeys};
+use crate::transport::crc_copy::crc_bulk;
 use crate::transport::rdma::ClientRdma;
 use crate::wire::{
     self, ABSENT, BatchGetEntry, BatchPutEntry, Header, MAX_BATCH_ENTRIES, MAX_BATCH_PAYLOAD, MAX_KEY_LEN,
@@ -668,7 +669,7 @@ impl Client {
         let mut h = Header::request(Op::Put, 0);
         h.offset = offset;
         h.total = total;
-        h.crc = crc32c::crc32c(&value);
+        h.crc = crc_bulk(0, &value);
         let r = self.call_on(idx, &session, Op::Put, h, k, vec![value], None).await?;
         match r.header.status() {
             Status::Ok => Ok(()),
@@ -871,7 +872,7 @@ impl Client {
         let mut meta = g.meta.clone();
         let mut payload = Vec::with_capacity(g.members.len());
         for (&i, &at) in g.members.iter().zip(&g.crc_at) {
-            meta[at..at + 4].copy_from_slice(&crc32c::crc32c(&data[i]).to_le_bytes());
+            meta[at..at + 4].copy_from_slice(&crc_bulk(0, &data[i]).to_le_bytes());
             payload.push(data[i].clone());
         }
         let mut h = Header::request(Op::PutBatch, 0);

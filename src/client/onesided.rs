@@ -14,6 +14,7 @@ use bytes::Bytes;
 use super::session::{Outgoing, Session, Targets};
 use super::{Client, ClientError, Got, Node, Path, SessionError, deliver};
 use crate::config::{ServerAddr, Transport, default_shm_socket};
+use crate::transport::crc_copy::crc_bulk;
 use crate::transport::onesided::{self, Completion, Dir, Polling, Provider, WorkRequest};
 use crate::transport::rdma::QpInfo;
 use crate::transport::shm::host_id;
@@ -201,7 +202,7 @@ impl Client {
             .zip(&done)
             .map(|(&j, c)| CommitEntry {
                 token: grants[j].token,
-                crc: Some(c.crc.unwrap_or_else(|| crc32c::crc32c(data[j]))),
+                crc: Some(c.crc.unwrap_or_else(|| crc_bulk(0, data[j]))),
             })
             .collect();
         let mut statuses: Vec<Status> = grants.iter().map(|g| g.status).collect();
@@ -345,7 +346,7 @@ impl Client {
             let len = pins[j].length as usize;
             // SAFETY: the read completed: `len` bytes at `local` are initialised.
             let bytes = unsafe { std::slice::from_raw_parts(local as *const u8, len) };
-            if c.crc.unwrap_or_else(|| crc32c::crc32c(bytes)) != pins[j].crc {
+            if c.crc.unwrap_or_else(|| crc_bulk(0, bytes)) != pins[j].crc {
                 return Err(ClientError::Checksum { node: node(), key: keys(j) });
             }
             got[j] = Some(match targets {

@@ -27,6 +27,7 @@ use super::Ctx;
 use super::arena::SlotMut;
 use super::drive::Persist;
 use super::store::{Object, PartWrite};
+use crate::transport::crc_copy::crc_bulk;
 use crate::wire::{self, Grant, Pinned, Status, WireError};
 
 enum Lease {
@@ -153,7 +154,7 @@ impl Leases {
                 Some((_, Lease::Pin { .. })) => Status::InvalidRequest,
                 Some(_) => match self.take(ctx, e.token) {
                     Some((_, Lease::Whole(key, mut slot))) => {
-                        let crc = crc32c::crc32c(slot.bytes_mut());
+                        let crc = crc_bulk(0, slot.bytes_mut());
                         if e.crc.is_some_and(|c| c != crc) {
                             Status::ChecksumMismatch
                         } else {
@@ -165,7 +166,7 @@ impl Leases {
                     }
                     Some((_, Lease::Part(mut w))) => {
                         let len = w.bytes_mut().len() as u64;
-                        let ok = e.crc.is_none_or(|c| c == crc32c::crc32c(w.bytes_mut()));
+                        let ok = e.crc.is_none_or(|c| c == crc_bulk(0, w.bytes_mut()));
                         if let Some(obj) = ctx.store.finish_part(w, ok) {
                             out.writes.extend(ctx.publish(obj));
                         }
@@ -201,7 +202,7 @@ impl Leases {
                     return Pinned { total: obj.len(), ..none(Status::InvalidRequest) };
                 };
                 let length = range.len() as u64;
-                let crc = if length == obj.len() { obj.crc() } else { crc32c::crc32c(&obj.bytes()[range.clone()]) };
+                let crc = if length == obj.len() { obj.crc() } else { crc_bulk(0, &obj.bytes()[range.clone()]) };
                 let total = obj.len();
                 if length <= wire::INLINE_MAX {
                     inline.push((obj, range));

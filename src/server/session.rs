@@ -27,6 +27,7 @@ use crate::auth::{
     self, AuthError, DirectionMac, FEATURE_PAYLOAD_MAC, FEATURE_SHM_RING, Hello, PayloadMac, Role, SessionKeys,
     hello_request_mac, hello_response_mac, macs_equal,
 };
+use crate::transport::crc_copy::crc_bulk;
 use crate::transport::rdma::{NodeQp, QpInfo};
 use crate::transport::tcp::{FrameError, FrameHead, FrameOut, FrameReader, frame_prefix, write_frames};
 use crate::transport::{ring, shm};
@@ -797,8 +798,7 @@ async fn get(ctx: Arc<Ctx>, h: Header, key: Vec<u8>) -> Reply {
     let mut r = Reply::new(h, Status::Ok);
     r.header.offset = h.offset;
     r.header.total = obj.len();
-    r.header.crc =
-        if range.len() as u64 == obj.len() { obj.crc() } else { crc32c::crc32c(&obj.bytes()[range.clone()]) };
+    r.header.crc = if range.len() as u64 == obj.len() { obj.crc() } else { crc_bulk(0, &obj.bytes()[range.clone()]) };
     r.body = Body::Object(obj, range);
     r
 }
@@ -831,7 +831,7 @@ async fn get_batch(ctx: Arc<Ctx>, h: Header, meta: Vec<u8>) -> Reply {
             continue;
         }
         budget -= len;
-        let crc = if len == obj.len() { obj.crc() } else { crc32c::crc32c(&obj.bytes()[range.clone()]) };
+        let crc = if len == obj.len() { obj.crc() } else { crc_bulk(0, &obj.bytes()[range.clone()]) };
         answers.push(BatchGetAnswer { status: Status::Ok, length: len, total: obj.len(), crc });
         parts.push((obj, range));
     }

@@ -31,6 +31,7 @@ use parking_lot::Mutex;
 use super::arena::{Arena, PartialBuf, SlotMut};
 use super::metrics::add;
 pub(crate) use super::object::Object;
+use crate::transport::crc_copy::crc_bulk;
 use crate::wire::Status;
 
 /// Why the store refused.
@@ -535,7 +536,7 @@ impl Store {
         // of `writing`.
         let buf = Arc::try_unwrap(buf).ok()?;
         let slot = buf.freeze();
-        let crc = crc32c::crc32c(slot.bytes());
+        let crc = crc_bulk(0, slot.bytes());
         Some(Object::new(&key, slot, crc))
     }
 

@@ -6,9 +6,15 @@
 //! - [`crc_stream_copy`] stores around the cache (non-temporal stores) and checksums the source:
 //!   same-host writes, and reads of 1 MiB or more.
 //! - [`copy_crc`] stores through the cache and checksums the destination: smaller same-host reads.
+//! - [`crc_bulk`] only checksums, with the same lanes: bulk bytes likely cold in cache (the
+//!   node's check at COMMIT of what a client wrote around the cache, a caller's value before it
+//!   is sent, a stored range).
 //!
 //! Taking the CRC in a second pass read the (usually cold) source twice, or the destination once
-//! more. Where the CPU lacks AVX2 or SSE 4.2 both fall back to the two steps, piece by piece.
+//! more. The loop prefetches each line one step (three lanes) ahead: the hardware prefetchers
+//! stop at 4 KiB page boundaries, so without it every lane started on a cold page. Where the CPU
+//! lacks AVX2 or SSE 4.2 the copies fall back to the two steps, piece by piece, and the check to
+//! the `crc32c` crate.
 
 /// Bytes per CRC lane; a step covers three of them.
 const LANE: usize = 4096;
@@ -25,7 +31,7 @@ pub(crate) unsafe fn crc_stream_copy(crc: u32, src: *const u8, dst: *mut u8, n: 
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
         // SAFETY: the CPU has the features; the caller's contract.
-        return unsafe { x86::lanes::<true>(crc, src, dst, n) };
+        return unsafe { x86::lanes::<{ x86::STREAM }>(crc, src, dst, n) };
     }
     // SAFETY: the caller's contract.
     unsafe { pieces::<false>(crc, src, dst, n) }
@@ -40,14 +46,25 @@ pub(crate) unsafe fn copy_crc(crc: u32, src: *const u8, dst: *mut u8, n: usize) 
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
         // SAFETY: the CPU has the features; the caller's contract.
-        return unsafe { x86::lanes::<false>(crc, src, dst, n) };
+        return unsafe { x86::lanes::<{ x86::CACHED }>(crc, src, dst, n) };
     }
     // SAFETY: the caller's contract.
     unsafe { pieces::<true>(crc, src, dst, n) }
 }
 
-/// The fallback of both: piece by piece, `memcpy` and the CRC of the source (before the copy)
-/// or of the destination (after it, `CRC_OF_DST`).
+/// Returns `crc` extended by `bytes` (as `crc32c::crc32c_append`), read with the copies' lanes
+/// and prefetch: for bytes likely cold in cache.
+pub(crate) fn crc_bulk(crc: u32, bytes: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        // SAFETY: the CPU has the features; `bytes` is valid for reads, and CHECK writes nothing.
+        return unsafe { x86::lanes::<{ x86::CHECK }>(crc, bytes.as_ptr(), std::ptr::null_mut(), bytes.len()) };
+    }
+    crc32c::crc32c_append(crc, bytes)
+}
+
+/// The fallback of both copies: piece by piece, `memcpy` and the CRC of the source (before the
+/// copy) or of the destination (after it, `CRC_OF_DST`).
 ///
 /// # Safety
 /// As [`crc_stream_copy`].
@@ -72,7 +89,10 @@ unsafe fn pieces<const CRC_OF_DST: bool>(mut crc: u32, src: *const u8, dst: *mut
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use std::arch::x86_64::{_mm_crc32_u64, _mm_sfence, _mm256_loadu_si256, _mm256_storeu_si256, _mm256_stream_si256};
+    use std::arch::x86_64::{
+        _MM_HINT_T0, _mm_crc32_u64, _mm_prefetch, _mm_sfence, _mm256_loadu_si256, _mm256_storeu_si256,
+        _mm256_stream_si256,
+    };
     use std::sync::OnceLock;
 
     use super::LANE;
@@ -111,34 +131,49 @@ mod x86 {
         )
     }
 
-    /// The copy in three lanes. `STREAM`: non-temporal stores (the head up to a 32-byte aligned
-    /// destination by `memcpy`), CRC of the source lines just loaded; else ordinary stores, CRC
-    /// of the destination lines just stored.
+    /// [`lanes`]' modes: non-temporal stores and the CRC of the source lines just loaded.
+    pub(super) const STREAM: u8 = 0;
+    /// Ordinary stores and the CRC of the destination lines just stored.
+    pub(super) const CACHED: u8 = 1;
+    /// No copy (`dst` unused): the CRC of the source.
+    pub(super) const CHECK: u8 = 2;
+
+    /// The copy (or, with [`CHECK`], the read) in three lanes; see the modes. With [`STREAM`]
+    /// the head up to a 32-byte aligned destination goes by `memcpy`.
     ///
     /// # Safety
-    /// AVX2 and SSE 4.2 are present; otherwise as [`super::crc_stream_copy`].
+    /// AVX2 and SSE 4.2 are present; otherwise as [`super::crc_stream_copy`], except that with
+    /// [`CHECK`] `dst` is never used.
     #[target_feature(enable = "avx2,sse4.2")]
-    pub(super) unsafe fn lanes<const STREAM: bool>(crc: u32, src: *const u8, dst: *mut u8, n: usize) -> u32 {
+    pub(super) unsafe fn lanes<const MODE: u8>(crc: u32, src: *const u8, dst: *mut u8, n: usize) -> u32 {
         let t = shift_table();
-        let head = if STREAM { ((32 - (dst as usize & 31)) & 31).min(n) } else { 0 };
+        let head = if MODE == STREAM { ((32 - (dst as usize & 31)) & 31).min(n) } else { 0 };
         // SAFETY: every access below lies in the caller's ranges (`at + 3 * LANE <= n` in the
-        // loop); with STREAM, `dst + at + off` is 32-byte aligned there (LANE and `off` are
-        // multiples of 64).
+        // loop; prefetches are hints and never fault); with STREAM, `dst + at + off` is 32-byte
+        // aligned there (LANE and `off` are multiples of 64); with CHECK nothing touches `dst`.
         unsafe {
-            std::ptr::copy_nonoverlapping(src, dst, head);
+            if MODE == STREAM {
+                std::ptr::copy_nonoverlapping(src, dst, head);
+            }
             let mut reg = u64::from(!crc32c::crc32c_append(crc, std::slice::from_raw_parts(src, head)));
             let mut at = head;
             while at + 3 * LANE <= n {
                 let s = [src.add(at), src.add(at + LANE), src.add(at + 2 * LANE)];
-                let d = [dst.add(at), dst.add(at + LANE), dst.add(at + 2 * LANE)];
-                let checked = if STREAM { s } else { d.map(|p| p.cast_const()) };
+                let d =
+                    if MODE == CHECK { [dst; 3] } else { [dst.add(at), dst.add(at + LANE), dst.add(at + 2 * LANE)] };
+                let checked = if MODE == CACHED { d.map(|p| p.cast_const()) } else { s };
                 let mut c = [reg, 0, 0];
                 let mut off = 0;
                 while off < LANE {
                     for l in 0..3 {
-                        let (p, q) = (s[l].add(off), d[l].add(off));
+                        let p = s[l].add(off);
+                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(3 * LANE).cast());
+                        if MODE == CHECK {
+                            continue;
+                        }
+                        let q = d[l].add(off);
                         let (lo, hi) = (_mm256_loadu_si256(p.cast()), _mm256_loadu_si256(p.add(32).cast()));
-                        if STREAM {
+                        if MODE == STREAM {
                             _mm256_stream_si256(q.cast(), lo);
                             _mm256_stream_si256(q.add(32).cast(), hi);
                         } else {
@@ -156,13 +191,15 @@ mod x86 {
                 reg = shift(t, shift(t, c[0]) ^ c[1]) ^ c[2];
                 at += 3 * LANE;
             }
-            if STREAM {
+            if MODE == STREAM {
                 // Streaming stores are weakly ordered: fence them before anything announces the
                 // bytes.
                 _mm_sfence();
             }
-            std::ptr::copy_nonoverlapping(src.add(at), dst.add(at), n - at);
-            let tail = if STREAM { src.add(at) } else { dst.add(at).cast_const() };
+            if MODE != CHECK {
+                std::ptr::copy_nonoverlapping(src.add(at), dst.add(at), n - at);
+            }
+            let tail = if MODE == CACHED { dst.add(at).cast_const() } else { src.add(at) };
             crc32c::crc32c_append(!(reg as u32), std::slice::from_raw_parts(tail, n - at))
         }
     }
@@ -174,9 +211,9 @@ mod tests {
 
     type CopyFn = unsafe fn(u32, *const u8, *mut u8, usize) -> u32;
 
-    /// Every path against `crc32c` and `memcpy`: every destination alignment around the 32-byte
-    /// stores, lengths around the 3-lane step, a non-zero starting CRC; nothing outside the
-    /// destination range is touched.
+    /// Every path (and [`crc_bulk`]) against `crc32c` and `memcpy`: every destination alignment
+    /// around the 32-byte stores, lengths around the 3-lane step, a non-zero starting CRC;
+    /// nothing outside the destination range is touched.
     #[test]
     fn copies_exactly_and_returns_the_crc_of_the_bytes_at_every_alignment_and_length() {
         let src: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
@@ -194,6 +231,7 @@ mod tests {
                 let from = (offset * 5) % 13;
                 let data = &src[from..from + len];
                 let want = crc32c::crc32c_append(0x1234_5678, data);
+                assert_eq!(crc_bulk(0x1234_5678, data), want, "crc_bulk, from {from} len {len}");
                 for (name, f) in paths {
                     let mut dst = vec![0xEEu8; len + 128];
                     // SAFETY: both ranges are in bounds of distinct vectors.
