@@ -36,6 +36,17 @@ node_port=9985
 node_1t_port=9995
 redis_port=6399
 
+# Every server below must be this run's own: with a port already taken, a peer would be measured
+# against whatever holds it (a redis-server started by hand, say) and its start failure unseen.
+for hp in 127.0.0.1:$node_port 127.0.0.2:$node_1t_port 127.0.0.1:$redis_port 127.0.0.1:5299 127.0.0.1:5300 \
+  127.0.0.1:8090 127.0.0.1:50051 127.0.0.1:9013; do
+  if (exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}") 2>/dev/null; then
+    echo "peers: $hp is already in use, and this run starts its own server there; stop what listens" \
+      "(ss -ltnp 'sport = :${hp##*:}' names it) and run again" >&2
+    exit 1
+  fi
+done
+
 # shellcheck source=../lib.sh
 . "$root/benches/lib.sh"
 bench_setup
