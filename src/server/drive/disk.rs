@@ -21,6 +21,7 @@ use super::format::{
     self, HEADER_LEN, IndexEntry, LOCK_FILE, RecordHeader, SUPERBLOCK, Superblock, parse_segment_name, segment_name,
 };
 use crate::server::metrics::add;
+use crate::transport::crc_copy::crc_bulk;
 
 /// Per-drive counters.
 #[derive(Debug, Default)]
@@ -573,7 +574,7 @@ impl Drive {
             Ok(h)
         };
         let check_value = |h: RecordHeader, value: &[u8]| {
-            let crc = crc32c::crc32c(value);
+            let crc = crc_bulk(0, value);
             if crc == h.value_crc { Ok(crc) } else { Err(corrupt("value checksum mismatch")) }
         };
         let head_len = HEADER_LEN + key.len();
