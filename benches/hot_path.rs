@@ -1,6 +1,6 @@
 //! Criterion micro-benchmarks of the per-request hot path: frame header encode/decode, the
-//! per-frame MAC (seal/open), CRC32C of typical block sizes (hot, and cold: blocks of a 512 MiB
-//! buffer in turn), the same-host copy with its CRC32C, batch meta codecs and key routing.
+//! per-frame MAC (seal/open), CRC32C of typical block sizes (hot, and cold: random blocks of a
+//! 512 MiB buffer), the same-host copy with its CRC32C, batch meta codecs and key routing.
 //!
 //! Run: `cargo bench --bench hot_path` (figures in docs/benchmarks.md).
 
@@ -111,11 +111,12 @@ fn same_host_copy(c: &mut Criterion) {
     g.finish();
 }
 
-/// The same-host copies from a cold source into a cold destination (blocks of two 512 MiB
-/// buffers in turn): a write into the arena (`one_pass_streamed`) and a read out of it
+/// The same-host copies from a cold source into a cold destination (random blocks of two 512 MiB
+/// buffers): a write into the arena (`one_pass_streamed`) and a read out of it
 /// (`one_pass_cached`), as the shared-memory transport runs them.
 fn same_host_copy_cold(c: &mut Criterion) {
     let src: Vec<u8> = (0..COLD).map(|i| (i * 31) as u8).collect();
+    // Filled, not zeroed: every page is faulted in before the first measurement.
     let mut dst = vec![0x5Au8; COLD];
     let mut g = c.benchmark_group("copy_with_crc_cold");
     for size in [64usize << 10, 2 << 20] {
