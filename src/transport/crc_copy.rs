@@ -12,7 +12,9 @@
 //!
 //! Taking the CRC in a second pass read the (usually cold) source twice, or the destination once
 //! more. The loop prefetches each line one step (three lanes) ahead: the hardware prefetchers
-//! stop at 4 KiB page boundaries, so without it every lane started on a cold page. Where the CPU
+//! stop at 4 KiB page boundaries, so without it every lane started on a cold page. A streaming
+//! copy whose destination sits within a line of the source's page offset stores each round one
+//! line behind its loads (see `aliased`). Where the CPU
 //! lacks AVX2 or SSE 4.2 the copies fall back to the two steps, piece by piece, and the check to
 //! the `crc32c` crate.
 
@@ -48,8 +50,9 @@ pub(crate) unsafe fn crc_stream_copy(crc: u32, src: *const u8, dst: *mut u8, n: 
 /// aliasing": the CPU matches loads against earlier stores by the low 12 address bits, and
 /// waits), and the streaming copy runs at half speed. It is the common case, not a corner: a
 /// page-aligned pool against a page-aligned arena object. Measured on the 2-core test VM, 4 MiB
-/// from cold memory: 6-7 GiB/s with the destination 0-0x40 bytes past the source's page offset
-/// against 11-12 elsewhere (examples in docs/benchmarks.md).
+/// from cold memory: 6-7 GiB/s with the destination's page offset from 0x10 below to 0x40 above
+/// the source's, against 11-12 elsewhere (docs/benchmarks.md, "4K aliasing in the streaming
+/// copy").
 fn aliased(src: *const u8, dst: *const u8) -> bool {
     (dst as usize).wrapping_sub(src as usize).wrapping_add(64) % 4096 < 128
 }
