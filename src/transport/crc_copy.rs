@@ -291,11 +291,10 @@ mod tests {
             ("pieces, CRC of the source", pieces::<false>),
             ("pieces, CRC of the destination", pieces::<true>),
         ];
-        let offsets: Vec<usize> = if rel.is_empty() { (0..40).collect() } else { (0..rel.len()).collect() };
-        for i in offsets {
-            let offset = i;
+        let cases = if rel.is_empty() { 40 } else { rel.len() };
+        for i in 0..cases {
             for &len in &lens {
-                let from = (offset * 5) % 13;
+                let from = (i * 5) % 13;
                 let data = &src[from..from + len];
                 let want = crc32c::crc32c_append(0x1234_5678, data);
                 assert_eq!(crc_bulk(0x1234_5678, data), want, "crc_bulk, from {from} len {len}");
@@ -307,7 +306,7 @@ mod tests {
                             let want_mod = (data.as_ptr() as isize + r).rem_euclid(4096) as usize;
                             (want_mod + 4096 - dst.as_ptr() as usize % 4096) % 4096
                         }
-                        None => offset,
+                        None => i,
                     };
                     dst.truncate(offset + len + 128);
                     if let Some(&r) = rel.get(i) {
