@@ -12,8 +12,9 @@
 //!   in flight; the row's `inflight` is what really was in flight (`batch × requests`).
 //! - `--count` → at most that many blocks per phase, rounded up to whole requests.
 //! - a row's `ops` are blocks; its latency percentiles are those of one NIXL request (post to the
-//!   poll that sees it DONE, polled every 0.2 ms); `misses` is always 0 (the plugin fails a READ
-//!   of an absent block, which counts as an error).
+//!   poll that sees it DONE; the driver polls again after 1/10 of the last request's latency,
+//!   20 µs to 2 ms); `misses` is always 0 (the plugin fails a READ of an absent block, which
+//!   counts as an error).
 //! - `--verify-every 0` skips the comparison; any other value compares every block of the pool
 //!   once, after the READ phase (the last READ of each); a differing block is an error of the
 //!   `get` row, so the command exits 1 as a raw verify failure does.
