@@ -14,9 +14,8 @@
 //! more. The loop prefetches each line one step (three lanes) ahead: the hardware prefetchers
 //! stop at 4 KiB page boundaries, so without it every lane started on a cold page. A streaming
 //! copy whose destination sits within a line of the source's page offset stores each round one
-//! line behind its loads (see `aliased`). Where the CPU
-//! lacks AVX2 or SSE 4.2 the copies fall back to the two steps, piece by piece, and the check to
-//! the `crc32c` crate.
+//! line behind its loads (see `aliased`). Where the CPU lacks AVX2 or SSE 4.2 the copies fall
+//! back to the two steps, piece by piece, and the check to the `crc32c` crate.
 
 /// Bytes per CRC lane; a step covers three of them.
 const LANE: usize = 4096;
