@@ -591,12 +591,24 @@ impl Client {
         payload: Vec<Bytes>,
         targets: Option<Targets>,
     ) -> Result<Incoming, ClientError> {
+        self.send_on(idx, session, op, Outgoing { header, meta, payload, crc_at: Vec::new() }, targets).await
+    }
+
+    /// [`call_on`](Self::call_on) with the request whole.
+    async fn send_on(
+        &self,
+        idx: usize,
+        session: &Session,
+        op: Op,
+        req: Outgoing,
+        targets: Option<Targets>,
+    ) -> Result<Incoming, ClientError> {
         let node = &self.inner.nodes[idx];
         // Refuse locally what the node would refuse only by closing the connection (a frame over
         // its limit) or after the bytes crossed the wire (an object over its max_object_size).
-        let payload_len: u64 = payload.iter().map(|b| b.len() as u64).sum();
+        let payload_len: u64 = req.payload.iter().map(|b| b.len() as u64).sum();
         let frame_limit = session.max_object.max(MAX_BATCH_PAYLOAD);
-        let size = if op == Op::Put { header.total.max(payload_len) } else { payload_len };
+        let size = if op == Op::Put { req.header.total.max(payload_len) } else { payload_len };
         let limit = if op == Op::Put { session.max_object } else { frame_limit };
         if size > limit {
             return Err(ClientError::Server {
@@ -607,7 +619,7 @@ impl Client {
             });
         }
         let timeout = self.inner.cfg.op_timeout;
-        match tokio::time::timeout(timeout, session.call(Outgoing { header, meta, payload }, targets)).await {
+        match tokio::time::timeout(timeout, session.call(req, targets)).await {
             Err(_) => {
                 // A node that accepts but does not answer is treated like a down one, so that the
                 // next operations fail fast instead of each waiting for the timeout.
@@ -869,15 +881,18 @@ impl Client {
             let bytes: Vec<&[u8]> = g.members.iter().map(|&i| &data[i][..]).collect();
             return self.put_one_sided(g.idx, &session, g.meta.clone(), &bytes).await;
         }
-        let mut meta = g.meta.clone();
-        let mut payload = Vec::with_capacity(g.members.len());
-        for (&i, &at) in g.members.iter().zip(&g.crc_at) {
-            meta[at..at + 4].copy_from_slice(&crc_bulk(0, &data[i]).to_le_bytes());
-            payload.push(data[i].clone());
+        let payload: Vec<Bytes> = g.members.iter().map(|&i| data[i].clone()).collect();
+        let mut header = Header::request(Op::PutBatch, 0);
+        header.count = g.members.len() as u32;
+        // Through rings the session's writer takes the CRCs in its copy of the values.
+        let mut req = Outgoing { header, meta: g.meta.clone(), payload, crc_at: g.crc_at.clone() };
+        if !session.rings {
+            for (p, &at) in req.payload.iter().zip(&req.crc_at) {
+                req.meta[at..at + 4].copy_from_slice(&crc_bulk(0, p).to_le_bytes());
+            }
+            req.crc_at.clear();
         }
-        let mut h = Header::request(Op::PutBatch, 0);
-        h.count = g.members.len() as u32;
-        let r = self.call_on(g.idx, &session, Op::PutBatch, h, meta, payload, None).await?;
+        let r = self.send_on(g.idx, &session, Op::PutBatch, req, None).await?;
         if r.header.status() != Status::Ok {
             return Err(self.server_error(g.idx, Op::PutBatch, &r));
         }

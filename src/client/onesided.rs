@@ -260,7 +260,7 @@ impl Client {
             wire::encode_tokens(pinned.iter().map(|&j| pins[j].token), &mut meta);
             let mut header = Header::request(Op::Release, 0);
             header.count = pinned.len() as u32;
-            session.post(Outgoing { header, meta, payload: Vec::new() }).await;
+            session.post(Outgoing { header, meta, payload: Vec::new(), crc_at: Vec::new() }).await;
         }
         let mut got = read?;
         let node = || self.inner.nodes[idx].name.clone();

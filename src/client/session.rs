@@ -9,6 +9,7 @@
 //! stream stays in sync.
 
 use std::collections::HashMap;
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -22,11 +23,13 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::bufpool::BufPool;
 use super::loans::ReadTarget;
 use crate::auth::{self, AuthKey, DirectionMac, FEATURE_PAYLOAD_MAC, FEATURE_SHM_RING, Hello, Role, SessionKeys};
+use crate::transport::crc_copy::crc_bulk;
 use crate::transport::onesided::Provider;
 use crate::transport::ring;
+use crate::transport::ring::{Inbound, Outbound};
 use crate::transport::shm::{self, ShmProvider};
-use crate::transport::tcp::{FrameError, FrameOut, FrameReader, SegmentCrcs, frame_prefix, write_frames};
-use crate::wire::{self, Flags, Header, Limits, MAC_LEN, MAX_META_LEN, Op, Status};
+use crate::transport::tcp::{FrameError, FrameOut, FrameReader, SegmentCrcs, frame_prefix, seal_frame, write_frames};
+use crate::wire::{self, Flags, HEADER_LEN, Header, Limits, MAC_LEN, MAX_META_LEN, Op, Status};
 
 /// Frames queued per session before callers wait (backpressure).
 const SEND_QUEUE: usize = 1024;
@@ -38,6 +41,11 @@ pub(crate) struct Outgoing {
     pub(crate) header: Header,
     pub(crate) meta: Vec<u8>,
     pub(crate) payload: Vec<Bytes>,
+    /// CRC32Cs left for the writer to fill in: that of `payload[i]` goes at `meta[crc_at[i]..][..4]`
+    /// (little-endian). Through a ring the writer takes them in its copy of the payload
+    /// ([`ring::RingWriter::put_frame`]), else in a pass before the frame is sealed. Empty when the
+    /// caller filled them.
+    pub(crate) crc_at: Vec<usize>,
 }
 
 /// A verified answer.
@@ -222,8 +230,8 @@ impl Session {
         provider: Option<Box<dyn Provider>>,
     ) -> Arc<Self>
     where
-        R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + Unpin + Send + 'static,
+        R: Inbound + Send + 'static,
+        W: Outbound + Send + 'static,
     {
         let Agreed { keys, payload_mac, max_object, node_id, rings } = agreed;
         let shared = Arc::new(Shared {
@@ -433,7 +441,7 @@ async fn next_batch<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max: usiz
     batch.len()
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
+async fn write_loop<W: Outbound>(
     mut wr: W,
     mut mac: DirectionMac,
     mut rx: mpsc::Receiver<Outgoing>,
@@ -444,26 +452,72 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut failure = None;
     // Everything queued so far (up to WRITE_BATCH) goes out in one writev.
     while next_batch(&mut rx, &mut batch, WRITE_BATCH).await > 0 {
-        let mut frames: Vec<FrameOut<'_>> = batch
-            .iter_mut()
-            .map(|o| FrameOut {
-                header: &mut o.header,
-                meta: &o.meta,
-                payload: o.payload.iter().map(|b| &b[..]).collect(),
-            })
-            .collect();
-        if let Err(e) = write_frames(&mut wr, &mut mac, payload_mac, &mut frames).await {
+        if let Err(e) = write_batch(&mut wr, &mut mac, payload_mac, &mut batch).await {
             failure = Some(format!("write failed: {e}"));
             break;
         }
-        drop(frames);
         batch.clear();
     }
     let _ = wr.shutdown().await;
     shared.fail_all(failure.as_deref().unwrap_or("session closed"));
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(
+/// Writes queued requests in order. Into a ring, a request whose payload CRCs are left to the
+/// writer (`crc_at`) goes on its own, the CRCs taken in the copy; the requests between such ones
+/// go out together, their left CRCs taken first.
+async fn write_batch<W: Outbound>(
+    wr: &mut W,
+    mac: &mut DirectionMac,
+    payload_mac: bool,
+    batch: &mut [Outgoing],
+) -> io::Result<()> {
+    // Rings are agreed only without payload MACs; a trailer would need the payload again anyway.
+    let fits = match wr.ring() {
+        Some(r) if !payload_mac => r.capacity(),
+        _ => 0,
+    };
+    let fused = |o: &Outgoing| {
+        !o.crc_at.is_empty()
+            && HEADER_LEN + o.meta.len() + MAC_LEN + o.payload.iter().map(|p| p.len()).sum::<usize>() <= fits
+    };
+    let mut rest = batch;
+    while !rest.is_empty() {
+        let cut = rest.iter().position(fused).unwrap_or(rest.len());
+        let (together, after) = std::mem::take(&mut rest).split_at_mut(cut);
+        if !together.is_empty() {
+            for o in together.iter_mut() {
+                for (p, &at) in o.payload.iter().zip(&o.crc_at) {
+                    o.meta[at..at + 4].copy_from_slice(&crc_bulk(0, p).to_le_bytes());
+                }
+            }
+            let mut frames: Vec<FrameOut<'_>> = together
+                .iter_mut()
+                .map(|o| FrameOut {
+                    header: &mut o.header,
+                    meta: &o.meta,
+                    payload: o.payload.iter().map(|b| &b[..]).collect(),
+                })
+                .collect();
+            write_frames(wr, mac, payload_mac, &mut frames).await?;
+        }
+        let Some((o, after)) = after.split_first_mut() else { break };
+        let ring = wr.ring().expect("only a ring takes a frame on its own");
+        let payload: Vec<&[u8]> = o.payload.iter().map(|b| &b[..]).collect();
+        let len = payload.iter().map(|p| p.len() as u64).sum();
+        let (header, meta, crc_at) = (&mut o.header, &mut o.meta, &o.crc_at);
+        ring.put_frame(HEADER_LEN + meta.len() + MAC_LEN, &payload, |crcs| {
+            for (c, &at) in crcs.iter().zip(crc_at) {
+                meta[at..at + 4].copy_from_slice(&c.to_le_bytes());
+            }
+            seal_frame(mac, false, header, meta, len).0
+        })
+        .await?;
+        rest = after;
+    }
+    Ok(())
+}
+
+async fn read_loop<R: Inbound>(
     mut rd: FrameReader<R>,
     mut mac: DirectionMac,
     payload_mac: bool,
@@ -564,7 +618,7 @@ fn place(h: &Header, answers: Option<&[wire::BatchGetAnswer]>, targets: Targets)
 }
 
 /// Reads an answer's payload segments into their targets; returns their CRC32Cs.
-async fn read_placed<R: AsyncRead + Unpin>(
+async fn read_placed<R: Inbound>(
     rd: &mut FrameReader<R>,
     targets: &Targets,
     order: &[usize],
@@ -573,7 +627,10 @@ async fn read_placed<R: AsyncRead + Unpin>(
     for &j in order {
         // SAFETY: the targets are lent to this request alone, and this reader task is the only
         // code that writes answers into them.
-        crcs.push(rd.read_into_crc(unsafe { targets[j].slice() }).await?);
+        let target = unsafe { targets[j].slice() };
+        // Out of a ring, large answers go around the cache, as same-host one-sided reads do.
+        let around_cache = target.len() >= shm::STREAM_READ;
+        crcs.push(rd.read_into_crc(target, around_cache).await?);
     }
     Ok(crcs)
 }
@@ -650,7 +707,12 @@ mod tests {
         let socket = crate::config::default_shm_socket(node.addr);
         let s = Session::connect_unix(&socket, &p, features).await.expect("same-host session");
         for _ in 0..3 {
-            let req = Outgoing { header: Header::request(Op::NodeInfo, 0), meta: Vec::new(), payload: Vec::new() };
+            let req = Outgoing {
+                header: Header::request(Op::NodeInfo, 0),
+                meta: Vec::new(),
+                payload: Vec::new(),
+                crc_at: Vec::new(),
+            };
             let r = s.call(req, None).await.expect("answer");
             assert_eq!(r.header.status(), Status::Ok);
             let info: serde_json::Value = serde_json::from_slice(&r.payload).expect("json");

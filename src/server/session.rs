@@ -29,6 +29,7 @@ use crate::auth::{
 };
 use crate::transport::crc_copy::crc_bulk;
 use crate::transport::rdma::{NodeQp, QpInfo};
+use crate::transport::ring::Inbound;
 use crate::transport::tcp::{FrameError, FrameHead, FrameOut, FrameReader, frame_prefix, write_frames};
 use crate::transport::{ring, shm};
 use crate::wire::{
@@ -155,7 +156,7 @@ where
 /// Runs an authenticated session until the peer leaves, a fatal error, or shutdown.
 async fn run<R, W>(rd: FrameReader<R>, wr: W, keys: SessionKeys, payload_mac: bool, ctx: Arc<Ctx>, peer: String)
 where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: Inbound + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(REPLY_QUEUE);
@@ -371,7 +372,7 @@ struct EntryOutcome {
     message: String,
 }
 
-impl<R: AsyncRead + Unpin> Conn<R> {
+impl<R: Inbound> Conn<R> {
     /// Queues an answer (sent at the next [`flush`](Self::flush)). False when the write task is
     /// gone.
     async fn send(&mut self, r: Reply) -> bool {
@@ -710,7 +711,7 @@ impl<R: AsyncRead + Unpin> Conn<R> {
                 Received::Whole(_, s, _) => s.bytes_mut(),
                 Received::Part(w, _) => w.bytes_mut(),
             };
-            let Ok(crc) = self.rd.read_into_crc(buf).await else {
+            let Ok(crc) = self.rd.read_into_crc(buf, false).await else {
                 io_failed = true;
                 if let Received::Part(w, _) = item {
                     drop(store.finish_part(w, false));

@@ -1,11 +1,16 @@
 //! Copies that take the CRC32C of the bytes they move in the same pass: each 64-byte line is
 //! loaded once, stored, and checksummed from L1 right away. The CRC runs in three lanes (three
 //! consecutive [`LANE`]-byte stretches at a time, so the `crc32` instruction's latency is hidden)
-//! joined by a shift table, the scheme of the `crc32c` crate's own three-way loop.
+//! joined by a shift table, the scheme of the `crc32c` crate's own three-way loop. What is left
+//! under a step goes in steps of [`SHORT_LANE`]s, so that blocks of 4 KiB up to 12 KiB (and such
+//! remainders) are copied and checksummed in one pass too; the last bytes under a short step go
+//! by `memcpy` and the crate.
 //!
 //! - [`crc_stream_copy`] stores around the cache (non-temporal stores) and checksums the source:
 //!   same-host writes, and reads of 1 MiB or more.
 //! - [`copy_crc`] stores through the cache and checksums the destination: smaller same-host reads.
+//! - [`copy_crc_src`] stores through the cache and checksums the source: a frame's payload into a
+//!   ring, which its reader takes from the cache right away.
 //! - [`crc_bulk`] only checksums, with the same lanes: bulk bytes likely cold in cache (the
 //!   node's check at COMMIT of what a client wrote around the cache, a caller's value before it
 //!   is sent, a stored range).
@@ -19,6 +24,9 @@
 
 /// Bytes per CRC lane; a step covers three of them.
 const LANE: usize = 4096;
+/// Bytes per lane of the short steps: 21 lines, so that a 4 KiB block is one short step and a
+/// line.
+const SHORT_LANE: usize = 1344;
 /// The fallbacks' piece: checksummed and copied in turn while it is in L2.
 const PIECE: usize = 256 * 1024;
 
@@ -71,6 +79,31 @@ pub(crate) unsafe fn copy_crc(crc: u32, src: *const u8, dst: *mut u8, n: usize) 
     unsafe { pieces::<true>(crc, src, dst, n) }
 }
 
+/// Copies `n` bytes from `src` to `dst` through the cache and returns `crc` extended by the
+/// source bytes as they were copied (what the sender meant to send, also should the destination
+/// be shared memory another process writes).
+///
+/// # Safety
+/// As [`crc_stream_copy`].
+pub(crate) unsafe fn copy_crc_src(crc: u32, src: *const u8, dst: *mut u8, n: usize) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        // SAFETY: the CPU has the features; the caller's contract.
+        return unsafe { x86::lanes::<{ x86::CACHED_SRC }>(crc, src, dst, n) };
+    }
+    // SAFETY: the caller's contract.
+    unsafe { pieces::<false>(crc, src, dst, n) }
+}
+
+/// Asks the CPU to bring `bytes` into cache (a hint, for the next piece a loop will copy).
+pub(crate) fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: a prefetch is a hint and never faults.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
+    }
+}
+
 /// Returns `crc` extended by `bytes` (as `crc32c::crc32c_append`), read with the copies' lanes
 /// and prefetch: for bytes likely cold in cache.
 pub(crate) fn crc_bulk(crc: u32, bytes: &[u8]) -> u32 {
@@ -114,20 +147,24 @@ mod x86 {
     };
     use std::sync::OnceLock;
 
-    use super::LANE;
+    use super::{LANE, SHORT_LANE};
 
     pub(super) fn available() -> bool {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("sse4.2")
     }
 
     /// `T[j][v]`: the raw CRC32C register (no pre- or post-inversion) that `v << 8j` becomes
-    /// after [`LANE`] zero bytes. CRC is linear, so four lookups shift any register by a lane.
+    /// after a lane of zero bytes. CRC is linear, so four lookups shift any register by a lane.
     type ShiftTable = [[u32; 256]; 4];
 
-    fn shift_table() -> &'static ShiftTable {
-        static TABLE: OnceLock<Box<ShiftTable>> = OnceLock::new();
-        TABLE.get_or_init(|| {
-            let zeros = [0u8; LANE];
+    /// The shift table of a lane of `lane` bytes ([`LANE`] or [`SHORT_LANE`]).
+    fn shift_table(lane: usize) -> &'static ShiftTable {
+        static LONG: OnceLock<Box<ShiftTable>> = OnceLock::new();
+        static SHORT: OnceLock<Box<ShiftTable>> = OnceLock::new();
+        debug_assert!(lane == LANE || lane == SHORT_LANE);
+        let table = if lane == LANE { &LONG } else { &SHORT };
+        table.get_or_init(|| {
+            let zeros = vec![0u8; lane];
             // `crc32c_append` inverts on the way in and out; undo both to get the raw register.
             let basis: Vec<u32> = (0..32).map(|i| !crc32c::crc32c_append(!(1u32 << i), &zeros)).collect();
             let mut t = Box::new([[0u32; 256]; 4]);
@@ -159,87 +196,94 @@ mod x86 {
     pub(super) const STREAM_LAGGED: u8 = 3;
     /// Ordinary stores and the CRC of the destination lines just stored.
     pub(super) const CACHED: u8 = 1;
+    /// Ordinary stores and the CRC of the source lines just loaded.
+    pub(super) const CACHED_SRC: u8 = 4;
     /// No copy (`dst` unused): the CRC of the source.
     pub(super) const CHECK: u8 = 2;
 
-    /// The copy (or, with [`CHECK`], the read) in three lanes; see the modes. With [`STREAM`]
-    /// the head up to a 32-byte aligned destination goes by `memcpy`.
+    /// The copy (or, with [`CHECK`], the read) in three lanes, long steps then short ones; see
+    /// the modes. With [`STREAM`] the head up to a 32-byte aligned destination goes by `memcpy`.
     ///
     /// # Safety
     /// AVX2 and SSE 4.2 are present; otherwise as [`super::crc_stream_copy`], except that with
     /// [`CHECK`] `dst` is never used.
     #[target_feature(enable = "avx2,sse4.2")]
     pub(super) unsafe fn lanes<const MODE: u8>(crc: u32, src: *const u8, dst: *mut u8, n: usize) -> u32 {
-        let t = shift_table();
         let streams = MODE == STREAM || MODE == STREAM_LAGGED;
         let head = if streams { ((32 - (dst as usize & 31)) & 31).min(n) } else { 0 };
-        // SAFETY: every access below lies in the caller's ranges (`at + 3 * LANE <= n` in the
+        // SAFETY: every access below lies in the caller's ranges (`at + 3 * lane <= n` in the
         // loop; prefetches are hints and never fault); with the streaming modes, `dst + at + off`
-        // (and `off - 64`) is 32-byte aligned there (LANE and `off` are multiples of 64); with
-        // CHECK nothing touches `dst`.
+        // (and `off - 64`) is 32-byte aligned there (both lanes and `off` are multiples of 64);
+        // with CHECK nothing touches `dst`.
         unsafe {
             if streams {
                 std::ptr::copy_nonoverlapping(src, dst, head);
             }
             let mut reg = u64::from(!crc32c::crc32c_append(crc, std::slice::from_raw_parts(src, head)));
             let mut at = head;
-            while at + 3 * LANE <= n {
-                let s = [src.add(at), src.add(at + LANE), src.add(at + 2 * LANE)];
-                let d =
-                    if MODE == CHECK { [dst; 3] } else { [dst.add(at), dst.add(at + LANE), dst.add(at + 2 * LANE)] };
-                let checked = if MODE == CACHED { d.map(|p| p.cast_const()) } else { s };
-                let mut c = [reg, 0, 0];
-                // STREAM_LAGGED: each lane's line loaded in the previous round, stored in this one.
-                let mut held = [_mm256_setzero_si256(); 6];
-                let mut off = 0;
-                while off < LANE {
-                    let mut now = held;
-                    for l in 0..3 {
-                        let p = s[l].add(off);
-                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(3 * LANE).cast());
-                        if MODE == CHECK {
-                            continue;
-                        }
-                        let (lo, hi) = (_mm256_loadu_si256(p.cast()), _mm256_loadu_si256(p.add(32).cast()));
-                        if MODE == STREAM_LAGGED {
-                            (now[2 * l], now[2 * l + 1]) = (lo, hi);
-                            continue;
-                        }
-                        let q = d[l].add(off);
-                        if MODE == STREAM {
-                            _mm256_stream_si256(q.cast(), lo);
-                            _mm256_stream_si256(q.add(32).cast(), hi);
-                        } else {
-                            _mm256_storeu_si256(q.cast(), lo);
-                            _mm256_storeu_si256(q.add(32).cast(), hi);
-                        }
-                    }
-                    for k in 0..8 {
+            for lane in [LANE, SHORT_LANE] {
+                let t = shift_table(lane);
+                while at + 3 * lane <= n {
+                    let s = [src.add(at), src.add(at + lane), src.add(at + 2 * lane)];
+                    let d = if MODE == CHECK {
+                        [dst; 3]
+                    } else {
+                        [dst.add(at), dst.add(at + lane), dst.add(at + 2 * lane)]
+                    };
+                    let checked = if MODE == CACHED { d.map(|p| p.cast_const()) } else { s };
+                    let mut c = [reg, 0, 0];
+                    // STREAM_LAGGED: each lane's line loaded in the previous round, stored in this one.
+                    let mut held = [_mm256_setzero_si256(); 6];
+                    let mut off = 0;
+                    while off < lane {
+                        let mut now = held;
                         for l in 0..3 {
-                            c[l] = _mm_crc32_u64(c[l], checked[l].add(off + 8 * k).cast::<u64>().read_unaligned());
-                        }
-                    }
-                    if MODE == STREAM_LAGGED {
-                        if off > 0 {
-                            for l in 0..3 {
-                                let q = d[l].add(off - 64);
-                                _mm256_stream_si256(q.cast(), held[2 * l]);
-                                _mm256_stream_si256(q.add(32).cast(), held[2 * l + 1]);
+                            let p = s[l].add(off);
+                            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(3 * lane).cast());
+                            if MODE == CHECK {
+                                continue;
+                            }
+                            let (lo, hi) = (_mm256_loadu_si256(p.cast()), _mm256_loadu_si256(p.add(32).cast()));
+                            if MODE == STREAM_LAGGED {
+                                (now[2 * l], now[2 * l + 1]) = (lo, hi);
+                                continue;
+                            }
+                            let q = d[l].add(off);
+                            if MODE == STREAM {
+                                _mm256_stream_si256(q.cast(), lo);
+                                _mm256_stream_si256(q.add(32).cast(), hi);
+                            } else {
+                                _mm256_storeu_si256(q.cast(), lo);
+                                _mm256_storeu_si256(q.add(32).cast(), hi);
                             }
                         }
-                        held = now;
+                        for k in 0..8 {
+                            for l in 0..3 {
+                                c[l] = _mm_crc32_u64(c[l], checked[l].add(off + 8 * k).cast::<u64>().read_unaligned());
+                            }
+                        }
+                        if MODE == STREAM_LAGGED {
+                            if off > 0 {
+                                for l in 0..3 {
+                                    let q = d[l].add(off - 64);
+                                    _mm256_stream_si256(q.cast(), held[2 * l]);
+                                    _mm256_stream_si256(q.add(32).cast(), held[2 * l + 1]);
+                                }
+                            }
+                            held = now;
+                        }
+                        off += 64;
                     }
-                    off += 64;
-                }
-                if MODE == STREAM_LAGGED {
-                    for l in 0..3 {
-                        let q = d[l].add(LANE - 64);
-                        _mm256_stream_si256(q.cast(), held[2 * l]);
-                        _mm256_stream_si256(q.add(32).cast(), held[2 * l + 1]);
+                    if MODE == STREAM_LAGGED {
+                        for l in 0..3 {
+                            let q = d[l].add(lane - 64);
+                            _mm256_stream_si256(q.cast(), held[2 * l]);
+                            _mm256_stream_si256(q.add(32).cast(), held[2 * l + 1]);
+                        }
                     }
+                    reg = shift(t, shift(t, c[0]) ^ c[1]) ^ c[2];
+                    at += 3 * lane;
                 }
-                reg = shift(t, shift(t, c[0]) ^ c[1]) ^ c[2];
-                at += 3 * LANE;
             }
             if streams {
                 // Streaming stores are weakly ordered: fence them before anything announces the
@@ -282,11 +326,13 @@ mod tests {
     fn copies_exactly_at(rel: &[isize]) {
         let src: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         let lens: Vec<usize> = (0..300)
-            .chain([511, 4095, 4096, 3 * LANE - 1, 3 * LANE, 3 * LANE + 1, 6 * LANE + 33, 65_536, 150_001])
+            .chain([511, 3 * SHORT_LANE - 1, 3 * SHORT_LANE, 4095, 4096, 8192 + 7, 3 * LANE - 1, 3 * LANE])
+            .chain([3 * LANE + 1, 3 * LANE + 3 * SHORT_LANE, 6 * LANE + 33, 65_536, 150_001])
             .collect();
-        let paths: [(&str, CopyFn); 4] = [
+        let paths: [(&str, CopyFn); 5] = [
             ("crc_stream_copy", crc_stream_copy),
             ("copy_crc", copy_crc),
+            ("copy_crc_src", copy_crc_src),
             ("pieces, CRC of the source", pieces::<false>),
             ("pieces, CRC of the destination", pieces::<true>),
         ];

@@ -7,6 +7,12 @@
 //! becoming readable means the peer has gone (a process that dies cannot set its ring's closed
 //! flag).
 //!
+//! A payload can also cross with its CRC32C taken in the copy itself, one pass over its bytes
+//! instead of a copy and a CRC: the writer places a frame's payload first and its head (header,
+//! entry table with the CRCs, MAC) last, in the gap it left, before it publishes the frame
+//! ([`RingWriter::put_frame`], for inline PUTs); the reader takes a payload's CRC as it copies it
+//! out ([`RingReader::read_crc`]).
+//!
 //! Layout of the memfd: two header pages (client → node, then node → client), then the two data
 //! areas of equal size. In each header the producer's position, the consumer's position, the two
 //! waiting flags and the closed flag sit on their own cache lines. Positions only grow; a
@@ -25,6 +31,8 @@ use std::task::{Context, Poll, ready};
 use memmap2::MmapRaw;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::crc_copy::{copy_crc, copy_crc_src, crc_stream_copy, prefetch};
 
 /// Bytes of each direction's data area.
 pub(crate) const RING_BYTES: u64 = 256 << 10;
@@ -175,6 +183,19 @@ impl Dir {
     }
 }
 
+/// How [`RingWriter::stage`] copies: `(crc, src, dst, n)`, as the `crc_copy` functions.
+type CopyFn = unsafe fn(u32, *const u8, *mut u8, usize) -> u32;
+
+/// A copy that takes no CRC (and returns the one it was given).
+///
+/// # Safety
+/// `src` valid for reads and `dst` for writes of `n` bytes, not overlapping.
+unsafe fn plain_copy(crc: u32, src: *const u8, dst: *mut u8, n: usize) -> u32 {
+    // SAFETY: the caller's contract.
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, n) };
+    crc
+}
+
 /// Wakes the other side through an eventfd.
 fn signal(fd: &OwnedFd) {
     let one = 1u64.to_ne_bytes();
@@ -232,52 +253,83 @@ pub(crate) struct RingReader {
     peer: AsyncFd<OwnedFd>,
 }
 
-impl AsyncRead for RingReader {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let me = &mut *self;
-        if buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
+impl RingReader {
+    /// Copies the bytes that follow into `dst` (up to its length; at least one, waiting for
+    /// them, or none at the end of the stream) and returns how many and their CRC32C, `crc`
+    /// extended, taken in the same pass: through the cache and of the bytes as they landed
+    /// (`crc_copy::copy_crc`), or around it (`crc_copy::crc_stream_copy`).
+    pub(crate) async fn read_crc(&mut self, dst: &mut [u8], crc: u32, around_cache: bool) -> io::Result<(usize, u32)> {
+        let copy: CopyFn = if around_cache { crc_stream_copy } else { copy_crc };
+        std::future::poll_fn(|cx| self.poll_take(cx, dst.as_mut_ptr(), dst.len(), copy, crc)).await
+    }
+
+    /// Copies up to `len` bytes into `dst` with `copy` (see [`read_crc`](Self::read_crc)).
+    fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: *mut u8,
+        len: usize,
+        copy: CopyFn,
+        mut crc: u32,
+    ) -> Poll<io::Result<(usize, u32)>> {
+        if len == 0 {
+            return Poll::Ready(Ok((0, crc)));
         }
         loop {
-            let avail = me.dir.span(me.head, me.dir.at(TAIL).load(Ordering::Acquire))?;
+            let avail = self.dir.span(self.head, self.dir.at(TAIL).load(Ordering::Acquire))?;
             if avail > 0 {
-                let n = (avail as usize).min(buf.remaining());
-                for (start, len) in me.dir.pieces(me.head, n) {
-                    // SAFETY: `start + len` lies inside the data area (`pieces`).
-                    buf.put_slice(unsafe { std::slice::from_raw_parts(me.dir.data.add(start), len) });
+                let n = (avail as usize).min(len);
+                let mut to = 0;
+                for (start, k) in self.dir.pieces(self.head, n) {
+                    // SAFETY: `start + k` lies inside the data area (`pieces`), published by the
+                    // producer; `dst` has room for `len >= n` bytes (the callers' slices).
+                    crc = unsafe { copy(crc, self.dir.data.add(start), dst.add(to), k) };
+                    to += k;
                 }
-                me.head += n as u64;
-                me.dir.at(HEAD).store(me.head, Ordering::Release);
+                self.head += n as u64;
+                self.dir.at(HEAD).store(self.head, Ordering::Release);
                 fence(Ordering::SeqCst);
-                if me.dir.at(PRODUCER_WAITING).swap(0, Ordering::SeqCst) != 0 {
-                    signal(&me.wake);
+                if self.dir.at(PRODUCER_WAITING).swap(0, Ordering::SeqCst) != 0 {
+                    signal(&self.wake);
                 }
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok((n, crc)));
             }
-            if me.dir.at(CLOSED).load(Ordering::Acquire) != 0 {
+            if self.dir.at(CLOSED).load(Ordering::Acquire) != 0 {
                 // The producer's last bytes were published before its closed flag.
-                if me.dir.at(TAIL).load(Ordering::Acquire) == me.head {
-                    return Poll::Ready(Ok(()));
+                if self.dir.at(TAIL).load(Ordering::Acquire) == self.head {
+                    return Poll::Ready(Ok((0, crc)));
                 }
                 continue;
             }
-            me.dir.at(CONSUMER_WAITING).store(1, Ordering::SeqCst);
+            self.dir.at(CONSUMER_WAITING).store(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
-            if me.dir.at(TAIL).load(Ordering::SeqCst) != me.head {
+            if self.dir.at(TAIL).load(Ordering::SeqCst) != self.head {
                 continue;
             }
-            if poll_woken(&me.wait, cx)?.is_ready() {
+            if poll_woken(&self.wait, cx)?.is_ready() {
                 continue;
             }
-            if poll_gone(&me.peer, cx) {
+            if poll_gone(&self.peer, cx) {
                 fence(Ordering::SeqCst);
-                if me.dir.at(TAIL).load(Ordering::Acquire) == me.head {
-                    return Poll::Ready(Ok(()));
+                if self.dir.at(TAIL).load(Ordering::Acquire) == self.head {
+                    return Poll::Ready(Ok((0, crc)));
                 }
                 continue;
             }
             return Poll::Pending;
         }
+    }
+}
+
+impl AsyncRead for RingReader {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        // SAFETY: only ever written with initialized bytes (a copy out of the ring).
+        let dst = unsafe { buf.unfilled_mut() };
+        let (n, _) = ready!(self.poll_take(cx, dst.as_mut_ptr().cast(), dst.len(), plain_copy, 0))?;
+        // SAFETY: `poll_take` wrote the first `n` bytes of the unfilled part.
+        unsafe { buf.assume_init(n) };
+        buf.advance(n);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -300,37 +352,74 @@ impl RingWriter {
         if self.closed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        let want: usize = bufs.iter().map(|b| b.len()).sum();
-        if want == 0 {
+        if bufs.iter().all(|b| b.is_empty()) {
             return Poll::Ready(Ok(0));
+        }
+        let free = ready!(self.poll_room(cx, 1))?;
+        let mut n = 0;
+        for b in bufs {
+            let take = b.len().min(free - n);
+            self.stage(n, &b[..take], plain_copy);
+            n += take;
+            if n == free {
+                break;
+            }
+        }
+        self.publish(n);
+        Poll::Ready(Ok(n))
+    }
+
+    /// Writes one frame whose payload pieces' CRC32Cs are taken as the pieces are copied in
+    /// (one pass over each instead of a CRC and then a copy): waits for room for the whole
+    /// frame, copies the pieces in behind a gap of `head_len` bytes, has `head` make the frame's
+    /// head from their CRCs (header, entry table and MAC: `head_len` bytes), copies it into the
+    /// gap and only then publishes the frame. The frame must fit the ring ([`capacity`](Self::capacity)).
+    pub(crate) async fn put_frame(
+        &mut self,
+        head_len: usize,
+        payload: &[&[u8]],
+        head: impl FnOnce(&[u32]) -> Vec<u8>,
+    ) -> io::Result<()> {
+        let len = head_len + payload.iter().map(|p| p.len()).sum::<usize>();
+        if len > self.capacity() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a frame larger than the ring"));
+        }
+        std::future::poll_fn(|cx| self.poll_room(cx, len)).await?;
+        let mut at = head_len;
+        let mut crcs = Vec::with_capacity(payload.len());
+        for (i, p) in payload.iter().enumerate() {
+            if let Some(next) = payload.get(i + 1) {
+                prefetch(next);
+            }
+            crcs.push(self.stage(at, p, copy_crc_src));
+            at += p.len();
+        }
+        let h = head(&crcs);
+        if h.len() != head_len {
+            return Err(io::Error::other(format!("a frame head of {} bytes for a gap of {head_len}", h.len())));
+        }
+        self.stage(0, &h, plain_copy);
+        self.publish(len);
+        Ok(())
+    }
+
+    /// Bytes the ring holds when empty: the largest frame [`put_frame`](Self::put_frame) takes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.dir.len as usize
+    }
+
+    /// Waits until the ring has room for `want` bytes (1 up to its size) and returns how many
+    /// bytes are free.
+    fn poll_room(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        if self.closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         loop {
             let head = self.dir.at(HEAD).load(Ordering::Acquire);
             let used = self.dir.span(head, self.tail)?;
             let free = (self.dir.len - used) as usize;
-            if free > 0 {
-                let mut n = 0;
-                for b in bufs {
-                    let take = b.len().min(free - n);
-                    let mut from = 0;
-                    for (start, len) in self.dir.pieces(self.tail + n as u64, take) {
-                        // SAFETY: `start + len` lies inside the data area (`pieces`), and the
-                        // source is `take` bytes of a live slice.
-                        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr().add(from), self.dir.data.add(start), len) };
-                        from += len;
-                    }
-                    n += take;
-                    if n == free {
-                        break;
-                    }
-                }
-                self.tail += n as u64;
-                self.dir.at(TAIL).store(self.tail, Ordering::Release);
-                fence(Ordering::SeqCst);
-                if self.dir.at(CONSUMER_WAITING).swap(0, Ordering::SeqCst) != 0 {
-                    signal(&self.wake);
-                }
-                return Poll::Ready(Ok(n));
+            if free >= want {
+                return Poll::Ready(Ok(free));
             }
             if poll_gone(&self.peer, cx) {
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "the peer closed the session")));
@@ -344,6 +433,32 @@ impl RingWriter {
                 continue;
             }
             return Poll::Pending;
+        }
+    }
+
+    /// Copies `bytes` into the ring `at` bytes past our position, where the consumer does not
+    /// look yet (the caller made sure of the room: `at + bytes.len()` free bytes), with `copy`
+    /// (around the wrap, in two calls), and returns the CRC32C `copy` took of them (0 for
+    /// [`plain_copy`]).
+    fn stage(&self, at: usize, bytes: &[u8], copy: CopyFn) -> u32 {
+        let mut crc = 0;
+        let mut from = 0;
+        for (start, len) in self.dir.pieces(self.tail + at as u64, bytes.len()) {
+            // SAFETY: `start + len` lies inside the data area (`pieces`), in free space that only
+            // this producer writes; the source is `len` bytes of a live slice.
+            crc = unsafe { copy(crc, bytes.as_ptr().add(from), self.dir.data.add(start), len) };
+            from += len;
+        }
+        crc
+    }
+
+    /// Publishes the `n` bytes staged past our position and wakes the consumer if it waits.
+    fn publish(&mut self, n: usize) {
+        self.tail += n as u64;
+        self.dir.at(TAIL).store(self.tail, Ordering::Release);
+        fence(Ordering::SeqCst);
+        if self.dir.at(CONSUMER_WAITING).swap(0, Ordering::SeqCst) != 0 {
+            signal(&self.wake);
         }
     }
 
@@ -385,6 +500,43 @@ impl AsyncWrite for RingWriter {
         Poll::Ready(Ok(()))
     }
 }
+
+/// A session's inbound stream: a socket's read half, or a ring, whose reader can also take the
+/// CRC of a payload in its copy out ([`RingReader::read_crc`]).
+pub(crate) trait Inbound: AsyncRead + Unpin {
+    /// The ring behind this stream, if it is one.
+    fn ring(&mut self) -> Option<&mut RingReader> {
+        None
+    }
+}
+
+impl Inbound for RingReader {
+    fn ring(&mut self) -> Option<&mut RingReader> {
+        Some(self)
+    }
+}
+
+impl<S: AsyncRead> Inbound for tokio::io::ReadHalf<S> {}
+
+#[cfg(test)]
+impl Inbound for tokio::io::DuplexStream {}
+
+/// A session's outbound stream: a socket's write half, or a ring, whose writer can also take a
+/// frame's payload CRCs in its copy ([`RingWriter::put_frame`]).
+pub(crate) trait Outbound: AsyncWrite + Unpin {
+    /// The ring behind this stream, if it is one.
+    fn ring(&mut self) -> Option<&mut RingWriter> {
+        None
+    }
+}
+
+impl Outbound for RingWriter {
+    fn ring(&mut self) -> Option<&mut RingWriter> {
+        Some(self)
+    }
+}
+
+impl<S: AsyncWrite> Outbound for tokio::io::WriteHalf<S> {}
 
 impl Drop for RingWriter {
     fn drop(&mut self) {
@@ -447,6 +599,58 @@ mod tests {
         assert!(node_reads.await.unwrap() == up, "client → node bytes differ");
         client_writes.await.unwrap();
         node_writes.await.unwrap();
+    }
+
+    /// Frames placed with their payload CRCs taken in the copy, through a ring smaller than a
+    /// few of them (the writer waits for room, pieces and heads straddle the wrap), read back
+    /// with the CRCs taken in the copy out, both ways out: every head carries the CRCs of its
+    /// pieces, and every byte arrives in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_placed_with_their_crcs_read_back_with_the_crcs_through_wraps() {
+        let ((nr, _nw), (_cr, mut cw), _socks) = pair(16 << 10);
+        let sizes: Vec<Vec<usize>> =
+            (0..300).map(|i| (0..1 + i % 5).map(|j| (i * 977 + j * 4093) % 3200 + 1).collect()).collect();
+        let data: Vec<Vec<Vec<u8>>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f.iter().enumerate().map(|(j, &n)| pattern(n, (i * 8 + j) as u32)).collect())
+            .collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            for frame in &sent {
+                let pieces: Vec<&[u8]> = frame.iter().map(|p| &p[..]).collect();
+                // The head: the piece count, then their CRCs.
+                let head_len = 4 + 4 * pieces.len();
+                cw.put_frame(head_len, &pieces, |crcs| {
+                    let mut h = (crcs.len() as u32).to_le_bytes().to_vec();
+                    crcs.iter().for_each(|c| h.extend_from_slice(&c.to_le_bytes()));
+                    h
+                })
+                .await
+                .unwrap();
+            }
+            cw
+        });
+        let mut rd = super::super::tcp::FrameReader::for_ring(nr, crate::wire::Limits::default());
+        for (i, frame) in data.iter().enumerate() {
+            let mut head = vec![0u8; 4 + 4 * frame.len()];
+            rd.read_into(&mut head).await.unwrap();
+            assert_eq!(head[..4], (frame.len() as u32).to_le_bytes(), "frame {i}: piece count");
+            for (j, piece) in frame.iter().enumerate() {
+                assert_eq!(head[4 + 4 * j..8 + 4 * j], crc32c::crc32c(piece).to_le_bytes(), "frame {i} piece {j}: CRC");
+                let mut got = vec![0u8; piece.len()];
+                let crc = rd.read_into_crc(&mut got, (i + j) % 2 == 0).await.unwrap();
+                assert!(got == *piece, "frame {i} piece {j}: bytes");
+                assert_eq!(crc, crc32c::crc32c(piece), "frame {i} piece {j}: CRC read");
+            }
+        }
+        let mut cw = writer.await.unwrap();
+        // A frame larger than the ring, or a head that does not fill its gap, is refused.
+        let big = vec![0u8; 16 << 10];
+        let e = cw.put_frame(1, &[&big], |_| vec![0]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let e = cw.put_frame(8, &[b"abc"], |_| vec![0; 7]).await.unwrap_err();
+        assert!(e.to_string().contains("a frame head of 7 bytes for a gap of 8"), "{e}");
     }
 
     #[tokio::test]

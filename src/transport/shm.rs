@@ -31,7 +31,7 @@ pub(crate) const MARKER_ARENA: u8 = 1;
 pub(crate) const MARKER_NONE: u8 = 0;
 
 /// Reads at least this long stream into the caller's memory (see `copy`).
-const STREAM_READ: usize = 1 << 20;
+pub(crate) const STREAM_READ: usize = 1 << 20;
 
 /// A post of several requests moving at least this many bytes is copied on several threads
 /// (see `copy_all`); below it, starting a thread would cost more than it saves.

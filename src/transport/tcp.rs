@@ -9,6 +9,7 @@ use std::io::{self, IoSlice};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
+use super::ring::Inbound;
 use crate::auth::DirectionMac;
 use crate::wire::{Flags, HEADER_LEN, Header, Limits, MAC_LEN, WireError};
 
@@ -183,21 +184,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(())
     }
 
-    /// Like [`read_into`](Self::read_into), and returns the bytes' CRC32C, computed piece by
-    /// piece right after each piece arrives, while it is still in cache (over a whole cold block
-    /// the CRC costs about as much as the socket copy; measured in docs/benchmarks.md).
-    pub(crate) async fn read_into_crc(&mut self, dst: &mut [u8]) -> io::Result<u32> {
-        let mut crc = 0;
-        let mut pos = 0;
-        while pos < dst.len() {
-            let end = (pos + CRC_CHUNK).min(dst.len());
-            let n = self.read_payload(&mut dst[pos..end]).await?;
-            crc = crc32c::crc32c_append(crc, &dst[pos..pos + n]);
-            pos += n;
-        }
-        Ok(crc)
-    }
-
     /// Appends exactly `len` payload bytes to `buf` (reading into its spare capacity, so the
     /// buffer is never zeroed first), feeding them to `crcs` as they arrive.
     pub(crate) async fn read_append(
@@ -236,6 +222,36 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) async fn skip(&mut self, n: u64) -> io::Result<()> {
         let copied = tokio::io::copy(&mut (&mut self.inner).take(n), &mut tokio::io::sink()).await?;
         if copied == n { Ok(()) } else { Err(io::ErrorKind::UnexpectedEof.into()) }
+    }
+}
+
+impl<R: Inbound> FrameReader<R> {
+    /// Like [`read_into`](Self::read_into), and returns the bytes' CRC32C. Out of a ring the CRC
+    /// is taken in the copy itself, which goes `around_cache` or through it
+    /// ([`RingReader::read_crc`](super::ring::RingReader::read_crc)); off a socket it is computed
+    /// piece by piece right after each piece arrives, while it is still in cache (over a whole
+    /// cold block the CRC costs about as much as the socket copy; measured in
+    /// docs/benchmarks.md).
+    pub(crate) async fn read_into_crc(&mut self, dst: &mut [u8], around_cache: bool) -> io::Result<u32> {
+        let mut crc = 0;
+        let mut pos = 0;
+        while pos < dst.len() {
+            if self.inner.buffer().is_empty()
+                && let Some(ring) = self.inner.get_mut().ring()
+            {
+                let (n, c) = ring.read_crc(&mut dst[pos..], crc, around_cache).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                (pos, crc) = (pos + n, c);
+                continue;
+            }
+            let end = (pos + CRC_CHUNK).min(dst.len());
+            let n = self.read_payload(&mut dst[pos..end]).await?;
+            crc = crc32c::crc32c_append(crc, &dst[pos..pos + n]);
+            pos += n;
+        }
+        Ok(crc)
     }
 }
 
@@ -280,11 +296,8 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     for f in frames.iter_mut() {
         let len: u64 = f.payload.iter().map(|p| p.len() as u64).sum();
         total += len;
-        f.header.length = len;
-        f.header.meta_len = f.meta.len() as u32;
-        f.header.flags = Flags(if payload_mac && len > 0 { Flags::PAYLOAD_MAC } else { 0 });
-        let (raw, m) = mac.seal(f.header, f.meta);
-        prefixes.push(frame_prefix(&raw, f.meta, &m));
+        let (prefix, m) = seal_frame(mac, payload_mac, f.header, f.meta, len);
+        prefixes.push(prefix);
         trailers.push((payload_mac && len > 0).then(|| {
             let mut p = mac.payload_mac(&m);
             for piece in &f.payload {
@@ -303,6 +316,23 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     }
     write_all_vectored(w, &mut slices).await?;
     Ok(total)
+}
+
+/// Completes and seals the header of an outgoing frame of `meta` and `len` payload bytes (its
+/// sequence number and MAC; the payload MAC flag when the session negotiated one): returns the
+/// frame's prefix ([`frame_prefix`]) and the header MAC, which a payload MAC continues from.
+pub(crate) fn seal_frame(
+    mac: &mut DirectionMac,
+    payload_mac: bool,
+    header: &mut Header,
+    meta: &[u8],
+    len: u64,
+) -> (Vec<u8>, [u8; MAC_LEN]) {
+    header.length = len;
+    header.meta_len = meta.len() as u32;
+    header.flags = Flags(if payload_mac && len > 0 { Flags::PAYLOAD_MAC } else { 0 });
+    let (raw, m) = mac.seal(header, meta);
+    (frame_prefix(&raw, meta, &m), m)
 }
 
 /// Header, meta and MAC of one outgoing frame, contiguous (the first slice of its `writev`).
@@ -391,7 +421,7 @@ mod tests {
         let w = tokio::spawn(async move { a.write_all(&data).await.unwrap() });
         let mut r = FrameReader::new(b, Limits::default());
         let mut dst = vec![0u8; 300_000];
-        assert_eq!(r.read_into_crc(&mut dst).await.unwrap(), expect);
+        assert_eq!(r.read_into_crc(&mut dst, false).await.unwrap(), expect);
         w.await.unwrap();
     }
 
@@ -427,7 +457,7 @@ mod tests {
                 }
                 1 => {
                     let mut dst = vec![0u8; n];
-                    assert_eq!(r.read_into_crc(&mut dst).await.unwrap(), crc32c::crc32c(want));
+                    assert_eq!(r.read_into_crc(&mut dst, false).await.unwrap(), crc32c::crc32c(want));
                     assert_eq!(dst, want, "read_into_crc of {n} bytes at {pos} (ring: {ring})");
                 }
                 _ => {
