@@ -887,10 +887,7 @@ impl Client {
         // Through rings the session's writer takes the CRCs in its copy of the values.
         let mut req = Outgoing { header, meta: g.meta.clone(), payload, crc_at: g.crc_at.clone() };
         if !session.rings {
-            for (p, &at) in req.payload.iter().zip(&req.crc_at) {
-                req.meta[at..at + 4].copy_from_slice(&crc_bulk(0, p).to_le_bytes());
-            }
-            req.crc_at.clear();
+            req.fill_crcs();
         }
         let r = self.send_on(g.idx, &session, Op::PutBatch, req, None).await?;
         if r.header.status() != Status::Ok {

@@ -48,6 +48,16 @@ pub(crate) struct Outgoing {
     pub(crate) crc_at: Vec<usize>,
 }
 
+impl Outgoing {
+    /// Takes the CRCs left to the writer (`crc_at`) in a pass of their own.
+    pub(crate) fn fill_crcs(&mut self) {
+        for (p, &at) in self.payload.iter().zip(&self.crc_at) {
+            self.meta[at..at + 4].copy_from_slice(&crc_bulk(0, p).to_le_bytes());
+        }
+        self.crc_at.clear();
+    }
+}
+
 /// A verified answer.
 #[derive(Debug)]
 pub(crate) struct Incoming {
@@ -485,11 +495,7 @@ async fn write_batch<W: Outbound>(
         let cut = rest.iter().position(fused).unwrap_or(rest.len());
         let (together, after) = std::mem::take(&mut rest).split_at_mut(cut);
         if !together.is_empty() {
-            for o in together.iter_mut() {
-                for (p, &at) in o.payload.iter().zip(&o.crc_at) {
-                    o.meta[at..at + 4].copy_from_slice(&crc_bulk(0, p).to_le_bytes());
-                }
-            }
+            together.iter_mut().for_each(Outgoing::fill_crcs);
             let mut frames: Vec<FrameOut<'_>> = together
                 .iter_mut()
                 .map(|o| FrameOut {
