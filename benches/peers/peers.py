@@ -688,8 +688,10 @@ def main():
         load_summary = (f"processes outside this run used at least {sum(other.values()):.0f} CPU-seconds "
                         f"during its measurements (this report was re-rendered from `{a.from_csv.name}`)")
     else:
-        rows, ceilings, failures, load_summary = measure(a, sizes, systems)
+        # Taken before measuring: the binaries are built from the tree as it is now, and edits
+        # made while the run goes on must not mark it as measuring uncommitted changes.
         meta = run_meta()
+        rows, ceilings, failures, load_summary = measure(a, sizes, systems)
     busy = sorted({f"round {r[0]} {r[1]} {human(r[3])} ({r[8]:.1f} s)" for r in rows
                    if r[2] != "ceiling" and r[8] is not None and r[8] >= BUSY_S})
 
