@@ -711,7 +711,7 @@ impl<R: Inbound> Conn<R> {
                 Received::Whole(_, s, _) => s.bytes_mut(),
                 Received::Part(w, _) => w.bytes_mut(),
             };
-            let Ok(crc) = self.rd.read_into_crc(buf, false).await else {
+            let Ok(crc) = self.rd.read_into_crc(buf, true).await else {
                 io_failed = true;
                 if let Received::Part(w, _) = item {
                     drop(store.finish_part(w, false));
