@@ -15,7 +15,9 @@
 //!
 //! Layout of the memfd: two header pages (client → node, then node → client), then the two data
 //! areas of equal size. In each header the producer's position, the consumer's position, the two
-//! waiting flags and the closed flag sit on their own cache lines. Positions only grow; a
+//! waiting flags and the closed flag sit on their own cache lines; a waiting producer's flag is
+//! the consumer position at which it has the room it waits for (any non-zero value that the
+//! consumer's position has passed means "wake me"). Positions only grow; a
 //! position is taken modulo the data size. Neither side trusts what the other writes there: a
 //! position that claims more bytes than the ring holds fails the session ("the peer corrupted
 //! the ring"), and frames out of the ring are checked like frames off a socket (MACs, limits).
@@ -289,7 +291,14 @@ impl RingReader {
                 self.head += n as u64;
                 self.dir.at(HEAD).store(self.head, Ordering::Release);
                 fence(Ordering::SeqCst);
-                if self.dir.at(PRODUCER_WAITING).swap(0, Ordering::SeqCst) != 0 {
+                // The producer waits for our position to reach the one it left there (where it
+                // has room for what it wants to write): not woken before, only to find too
+                // little room and sleep again.
+                let waits_for = self.dir.at(PRODUCER_WAITING).load(Ordering::SeqCst);
+                if waits_for != 0
+                    && self.head >= waits_for
+                    && self.dir.at(PRODUCER_WAITING).swap(0, Ordering::SeqCst) != 0
+                {
                     signal(&self.wake);
                 }
                 return Poll::Ready(Ok((n, crc)));
@@ -352,10 +361,13 @@ impl RingWriter {
         if self.closed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        if bufs.iter().all(|b| b.is_empty()) {
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        if want == 0 {
             return Poll::Ready(Ok(0));
         }
-        let free = ready!(self.poll_room(cx, 1))?;
+        // A full ring takes more once a quarter of it is free (or all of `bufs` fits), not at
+        // its consumer's first read: fewer wake-ups, each writing more.
+        let free = ready!(self.poll_room(cx, want.min(self.capacity() / 4)))?;
         let mut n = 0;
         for b in bufs {
             let take = b.len().min(free - n);
@@ -409,7 +421,8 @@ impl RingWriter {
     }
 
     /// Waits until the ring has room for `want` bytes (1 up to its size) and returns how many
-    /// bytes are free.
+    /// bytes are free. While it waits, the consumer position at which there is room is left for
+    /// the consumer, which wakes us once it gets there.
     fn poll_room(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
         if self.closed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
@@ -424,7 +437,9 @@ impl RingWriter {
             if poll_gone(&self.peer, cx) {
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "the peer closed the session")));
             }
-            self.dir.at(PRODUCER_WAITING).store(1, Ordering::SeqCst);
+            // `want <= len`, so the position lies past `head`: never 0 (not waiting).
+            let room_at = self.tail + want as u64 - self.dir.len;
+            self.dir.at(PRODUCER_WAITING).store(room_at, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             if self.dir.at(HEAD).load(Ordering::SeqCst) != head {
                 continue;
@@ -651,6 +666,35 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         let e = cw.put_frame(8, &[b"abc"], |_| vec![0; 7]).await.unwrap_err();
         assert!(e.to_string().contains("a frame head of 7 bytes for a gap of 8"), "{e}");
+    }
+
+    /// A producer waiting for room for a whole frame is woken once the consumer has freed that
+    /// much, not at the consumer's first read: the position it waits for stays in its flag
+    /// until the consumer passes it.
+    #[tokio::test]
+    async fn a_waiting_producer_is_woken_once_there_is_room_for_what_it_waits_for() {
+        let ((mut nr, _nw), (_cr, mut cw), _socks) = pair(4096);
+        cw.write_all(&[7u8; 4000]).await.unwrap();
+        let value = pattern(1996, 3);
+        let put = async {
+            cw.put_frame(4, &[&value], |crcs| crcs[0].to_le_bytes().to_vec()).await.unwrap();
+        };
+        let read = async {
+            // Let the producer find too little room and wait.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(nr.dir.at(PRODUCER_WAITING).load(Ordering::SeqCst), 4000 + 2000 - 4096);
+            let mut got = vec![0u8; 1000];
+            nr.read_exact(&mut got).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(nr.dir.at(PRODUCER_WAITING).load(Ordering::SeqCst), 1904, "woken before there was room");
+            nr.read_exact(&mut got).await.unwrap();
+            assert_eq!(nr.dir.at(PRODUCER_WAITING).load(Ordering::SeqCst), 0, "not woken once there was room");
+            let mut rest = vec![0u8; 2000 + 2000];
+            nr.read_exact(&mut rest).await.unwrap();
+            assert_eq!(rest[2000..2004], crc32c::crc32c(&value).to_le_bytes());
+            assert!(rest[2004..] == value[..]);
+        };
+        tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(put, read) }).await.unwrap();
     }
 
     #[tokio::test]
