@@ -508,10 +508,9 @@ async fn write_batch<W: Outbound>(
         }
         let Some((o, after)) = after.split_first_mut() else { break };
         let ring = wr.ring().expect("only a ring takes a frame on its own");
-        let payload: Vec<&[u8]> = o.payload.iter().map(|b| &b[..]).collect();
-        let len = payload.iter().map(|p| p.len() as u64).sum();
+        let len = o.payload.iter().map(|p| p.len() as u64).sum();
         let (header, meta, crc_at) = (&mut o.header, &mut o.meta, &o.crc_at);
-        ring.put_frame(HEADER_LEN + meta.len() + MAC_LEN, &payload, |crcs| {
+        ring.put_frame(HEADER_LEN + meta.len() + MAC_LEN, &o.payload, |crcs| {
             for (c, &at) in crcs.iter().zip(crc_at) {
                 meta[at..at + 4].copy_from_slice(&c.to_le_bytes());
             }

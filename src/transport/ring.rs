@@ -389,10 +389,10 @@ impl RingWriter {
     pub(crate) async fn put_frame(
         &mut self,
         head_len: usize,
-        payload: &[&[u8]],
+        payload: &[impl AsRef<[u8]>],
         head: impl FnOnce(&[u32]) -> Vec<u8>,
     ) -> io::Result<()> {
-        let len = head_len + payload.iter().map(|p| p.len()).sum::<usize>();
+        let len = head_len + payload.iter().map(|p| p.as_ref().len()).sum::<usize>();
         if len > self.capacity() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a frame larger than the ring"));
         }
@@ -401,10 +401,10 @@ impl RingWriter {
         let mut crcs = Vec::with_capacity(payload.len());
         for (i, p) in payload.iter().enumerate() {
             if let Some(next) = payload.get(i + 1) {
-                prefetch(next);
+                prefetch(next.as_ref());
             }
-            crcs.push(self.stage(at, p, copy_crc_src));
-            at += p.len();
+            crcs.push(self.stage(at, p.as_ref(), copy_crc_src));
+            at += p.as_ref().len();
         }
         let h = head(&crcs);
         if h.len() != head_len {
