@@ -460,7 +460,8 @@ async fn write_loop<W: Outbound>(
 ) {
     let mut batch: Vec<Outgoing> = Vec::with_capacity(WRITE_BATCH);
     let mut failure = None;
-    // Everything queued so far (up to WRITE_BATCH) goes out in one writev.
+    // Everything queued so far (up to WRITE_BATCH) goes out together: in one writev, except the
+    // requests a ring takes on their own (`write_batch`).
     while next_batch(&mut rx, &mut batch, WRITE_BATCH).await > 0 {
         if let Err(e) = write_batch(&mut wr, &mut mac, payload_mac, &mut batch).await {
             failure = Some(format!("write failed: {e}"));
