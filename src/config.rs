@@ -374,6 +374,14 @@ const P_MEMORY: Param = Param {
     help: "Memory the node reserves for stored objects.",
     role: Role::Server,
 };
+const P_PREFAULT: Param = Param {
+    key: "prefault",
+    env: "MEMKV_PREFAULT",
+    default: Some("false"),
+    range: "true/false, 1/0, yes/no, on/off",
+    help: "Commit all of `memory` at start-up (start fails if the host cannot back it), so that no PUT pays for the first touch of a page; off: the kernel commits pages as objects first fill them.",
+    role: Role::Server,
+};
 const P_MAX_OBJECT_SIZE: Param = Param {
     key: "max_object_size",
     env: "MEMKV_MAX_OBJECT_SIZE",
@@ -514,6 +522,7 @@ pub const PARAMS: &[Param] = &[
     P_SHM_SOCKET,
     P_RDMA_DEVICE,
     P_MEMORY,
+    P_PREFAULT,
     P_MAX_OBJECT_SIZE,
     P_NODE_ID,
     P_MAX_CLOCK_DRIFT_MS,
@@ -1198,6 +1207,8 @@ pub struct ServerConfig {
     pub rdma: RdmaConfig,
     /// Bytes reserved for objects (≥ 1 MiB).
     pub memory: u64,
+    /// Commit all of `memory` at start-up.
+    pub prefault: bool,
     /// Largest object in bytes, 1..=`memory`.
     pub max_object_size: u64,
     /// The node's name.
@@ -1453,6 +1464,7 @@ impl ServerConfig {
         };
         let max_clock_drift = r.millis(&P_MAX_CLOCK_DRIFT_MS, 100, 3_600_000)?;
         let require_payload_mac = r.parse_with(&P_REQUIRE_PAYLOAD_MAC, parse_bool)?;
+        let prefault = r.parse_with(&P_PREFAULT, parse_bool)?;
         let partial_timeout = r.millis(&P_PARTIAL_TIMEOUT_MS, 100, 3_600_000)?;
         let lease_timeout = r.millis(&P_LEASE_TIMEOUT_MS, 100, 3_600_000)?;
         let shutdown_grace = r.millis(&P_SHUTDOWN_GRACE_MS, 0, 600_000)?;
@@ -1466,6 +1478,7 @@ impl ServerConfig {
             rdma_device,
             rdma,
             memory,
+            prefault,
             max_object_size,
             node_id,
             auth_key,
@@ -2456,6 +2469,7 @@ mod tests {
         assert_eq!(s.memory, parse_size(P_MEMORY.default.unwrap()).unwrap());
         assert_eq!(s.max_object_size, parse_size(P_MAX_OBJECT_SIZE.default.unwrap()).unwrap());
         assert!(!s.require_payload_mac);
+        assert!(!s.prefault);
     }
 
     #[test]
@@ -2684,6 +2698,7 @@ mod tests {
         ] {
             assert_eq!(client(&[("payload_mac", v)], CLIENT_BASE).unwrap().payload_mac, b, "{v}");
             assert_eq!(server(&[("require_payload_mac", v)], SERVER_BASE).unwrap().require_payload_mac, b, "{v}");
+            assert_eq!(server(&[("prefault", v)], SERVER_BASE).unwrap().prefault, b, "{v}");
         }
         let m = server_err(&[("MEMKV_REQUIRE_PAYLOAD_MAC", "maybe")]);
         assert!(m.contains("MEMKV_REQUIRE_PAYLOAD_MAC") && m.contains("yes/no"), "{m}");

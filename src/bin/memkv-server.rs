@@ -37,6 +37,9 @@ struct Args {
     /// DRAM arena size, e.g. 64GiB [env: MEMKV_MEMORY] [default: 1GiB]
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
+    /// Commit all of the arena at start-up [env: MEMKV_PREFAULT]
+    #[arg(long)]
+    prefault: bool,
     /// Largest object accepted [env: MEMKV_MAX_OBJECT_SIZE] [default: 256MiB]
     #[arg(long, value_name = "SIZE")]
     max_object_size: Option<String>,
@@ -131,6 +134,9 @@ impl Args {
         }
         if self.require_payload_mac {
             m.insert("require_payload_mac".into(), "true".into());
+        }
+        if self.prefault {
+            m.insert("prefault".into(), "true".into());
         }
         m
     }

@@ -238,6 +238,18 @@ pub enum StartError {
         /// OS error.
         source: std::io::Error,
     },
+    /// `--prefault`: the host could not back the whole arena at start-up.
+    #[error(
+        "cannot commit the {size} DRAM arena at start-up (--prefault / MEMKV_PREFAULT): {source}; free memory on \
+         the host, lower --memory / MEMKV_MEMORY, or leave MEMKV_PREFAULT off (pages are then committed as objects \
+         first fill them)"
+    )]
+    Prefault {
+        /// Requested size, human readable.
+        size: String,
+        /// OS error.
+        source: std::io::Error,
+    },
     /// A drive directory cannot be used (wrong path, foreign data, newer format, in use).
     #[error("{0}")]
     Storage(String),
@@ -310,6 +322,12 @@ impl Server {
             None => arena::Arena::new(cfg.memory),
         }
         .map_err(|source| StartError::Arena { size: format_size(cfg.memory), source })?;
+        if cfg.prefault {
+            let t = Instant::now();
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
+            arena.prefault(threads).map_err(|source| StartError::Prefault { size: format_size(cfg.memory), source })?;
+            tracing::info!(memory = %format_size(cfg.memory), secs = t.elapsed().as_secs_f64(), "arena committed (--prefault)");
+        }
         let rdma = match &cfg.rdma_device {
             Some(dev) => Some(NodeRdma::open(dev, arena.base(), cfg.memory, cfg.rdma).map_err(StartError::Rdma)?),
             None => None,
