@@ -33,6 +33,6 @@ bench_node() {
   local ip=$1 port=$2 memory=$3
   "$bin/memkv-server" --listen "$ip:$port" --memory "$memory" > "$work/node-$ip.out" 2> "$work/node-$ip.log" &
   pids+=($!)
-  for _ in $(seq 1 100); do grep -q ready "$work/node-$ip.out" 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 1 600); do grep -q ready "$work/node-$ip.out" 2>/dev/null && break; sleep 0.1; done
   grep -q ready "$work/node-$ip.out" || { cat "$work/node-$ip.log"; exit 1; }
 }

@@ -55,9 +55,13 @@ export MEMKV_SERVERS=127.0.0.1:$node_port
 # The node offers shared memory to same-host clients by default (MEMKV_SHM_SOCKET=auto); memkv-shm
 # and memkv-nixl-shm use it, memkv and memkv-nixl stay on TCP (bench_credentials sets
 # MEMKV_TRANSPORT=tcp, and peers.py names the transport of each system explicitly).
-bench_node 127.0.0.1 $node_port 6GiB
+# Both nodes commit their arenas at start (--prefault), as a dedicated cache node would: every
+# NIXL driver process writes keys of its own, so without it they land in pages never touched
+# before, which the kernel allocates and zeroes inside the timed phase (a node that has been full
+# once has none left). docs/benchmarks.md has the before and after.
+MEMKV_PREFAULT=true bench_node 127.0.0.1 $node_port 6GiB
 # The node of the memkv-1t rows: one runtime thread, as redis-server has (peers.py --node-1t).
-MEMKV_THREADS=1 bench_node 127.0.0.2 $node_1t_port 2GiB
+MEMKV_PREFAULT=true MEMKV_THREADS=1 bench_node 127.0.0.2 $node_1t_port 2GiB
 redis-server --port $redis_port --bind 127.0.0.1 --save "" --appendonly no --maxmemory 4gb \
   > "$work/redis.log" 2>&1 &
 pids+=($!)
