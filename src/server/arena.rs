@@ -202,14 +202,19 @@ impl Arena {
         }
         let base = self.base() as usize;
         let len = usize::try_from(self.capacity).map_err(|_| std::io::Error::other("arena too large"))?;
-        // Shares that start on 2 MiB boundaries (huge pages stay whole).
+        // Shares in whole multiples of 2 MiB, the size of a huge page.
         let share = len.div_ceil(threads.max(1)).next_multiple_of(2 << 20);
         std::thread::scope(|scope| {
+            let fill = move |off: usize| populate(base + off, share.min(len - off));
+            // A share whose thread cannot be started is filled here.
             let parts: Vec<_> = (0..len)
                 .step_by(share)
-                .map(|off| scope.spawn(move || populate(base + off, share.min(len - off))))
+                .map(|off| std::thread::Builder::new().spawn_scoped(scope, move || fill(off)).map_err(|_| off))
                 .collect();
-            parts.into_iter().try_for_each(|p| p.join().unwrap_or_else(|_| Err(std::io::Error::other("panicked"))))
+            parts.into_iter().try_for_each(|p| match p {
+                Ok(t) => t.join().unwrap_or_else(|_| Err(std::io::Error::other("a prefault thread panicked"))),
+                Err(off) => fill(off),
+            })
         })
     }
 
