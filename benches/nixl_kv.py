@@ -4,7 +4,7 @@
 KVBM's shape: blocks of --size bytes in one registered host pool, one OBJ_SEG object per block
 keyed by a 64-bit sequence hash (devId, empty metaInfo), --batch blocks per NIXL request,
 --handles requests in flight (each reposted as soon as it completes). Phase WRITE (offload) then
-phase READ (onboard into a zeroed region), each for --duration seconds (and at most --max-blocks
+phase READ (onboard into a second region, written once before timing), each for --duration seconds (and at most --max-blocks
 blocks, rounded up to whole requests); then every onboarded block is compared byte for byte with
 what was offloaded (the last READ of each block: the pool is read over and over). `--op get`
 writes every block once, untimed, before the READ phase; `--op put` runs the WRITE phase only.
@@ -17,6 +17,7 @@ NIXL finds the plugin through NIXL_PLUGIN_DIR (default: target/release of this c
 
   python benches/nixl_kv.py [--size 2MiB[,4MiB...]] [--batch 16] [--handles 4] [--duration 5]
                             [--op both|put|get] [--max-blocks N] [--no-verify] [--json]
+                            [--namespace NS] [--key-seed N]
   python benches/nixl_kv.py --check     (prints the nixl-cu12 version as JSON; exits 3 without it)
 
 Exit status: 0 all well; 1 a request failed or an onboarded block differed; 3 no nixl-cu12 (or
@@ -171,7 +172,8 @@ def bench_size(agent, a, block):
     pools = agent.register_memory(
         [(src.ctypes.data, src.nbytes, 0, ""), (dst.ctypes.data, dst.nbytes, 0, "")], "DRAM", backends=["MEMKV"]
     )
-    hashes = [int(x) for x in np.random.default_rng().integers(0, 2**63, n, dtype=np.uint64) | np.uint64(1 << 63)]
+    keys = np.random.default_rng(None if a.key_seed is None else [a.key_seed, block])
+    hashes = [int(x) for x in keys.integers(0, 2**63, n, dtype=np.uint64) | np.uint64(1 << 63)]
     objects = agent.register_memory([(0, block, h, "") for h in hashes], "OBJ", backends=["MEMKV"])
 
     def requests(op, base):
@@ -268,6 +270,12 @@ def main():
         "--namespace",
         default=os.environ.get("MEMKV_NAMESPACE") or f"nixl-kv-{os.getpid()}",
         help="key namespace (default: MEMKV_NAMESPACE, else nixl-kv-PID)",
+    )
+    ap.add_argument(
+        "--key-seed",
+        type=int,
+        help="seed of the blocks' hashes (default: new ones every run); runs with the same --namespace, --size "
+        "and seed offload the same blocks again, as `memkv bench` rewrites its own keys",
     )
     ap.add_argument("--json", action="store_true", help="print one JSON object per size instead of text")
     ap.add_argument("--check", action="store_true", help="print the nixl-cu12 version as JSON and exit")

@@ -20,7 +20,8 @@ round), with the data verified:
                  memkv-nixl's: as many blocks in flight (64; 32 at 16 MiB). The raw client doing
                  what the NIXL driver does, for the plugin's target
   memkv-nixl     benches/nixl_kv.py: the NIXL agent + libplugin_MEMKV.so over TCP
-                 (MEMKV_TRANSPORT=tcp; 16 blocks x 4 requests; every onboarded block compared)
+                 (MEMKV_TRANSPORT=tcp; 16 blocks x 4 requests; every onboarded block compared;
+                 the same blocks every round, as memkv rewrites its keys: --key-seed)
   memkv-nixl-shm the same with MEMKV_TRANSPORT=shm
   redis          Debian's redis-server + redis-benchmark (SET/GET, 8 connections, pipeline 4, over
                  as many random keys as memkv uses at that size: `-r`, so the server stores distinct
@@ -170,8 +171,12 @@ def memkv_nixl(transport):
     def measure(a, block):
         handles = nixl_handles(block)
         env = {**os.environ, "NIXL_PLUGIN_DIR": str(a.bin), "MEMKV_TRANSPORT": transport}
+        # The same blocks every round (one namespace per transport, seeded hashes), as `memkv bench`
+        # rewrites its own keys: a driver with new keys each run wrote into memory idle since the
+        # node started, which this VM serves slower than memory in use (docs/benchmarks.md).
         r = run_json([sys.executable, ROOT / "benches" / "nixl_kv.py", "--size", str(block), "--handles",
-                      str(handles), "--duration", str(a.seconds), "--json"], env=env)
+                      str(handles), "--duration", str(a.seconds), "--namespace", f"peers-nixl-{transport}",
+                      "--key-seed", "1", "--json"], env=env)
         ok = r["mismatched_blocks"] == 0 and all(p.get("errors", 0) == 0 for p in r.get("phases", []))
         p99 = {p["op"]: p.get("p99_us") for p in r.get("phases", [])}
         return {"put": (r["write_gib_per_s"], r["write_gib_per_s"] * GIB / block, p99.get("put"), ok),

@@ -5,8 +5,9 @@ interpreter (MEMKV_PYTHON) and the plugin found next to memkv (no NIXL_PLUGIN_DI
 import json
 import subprocess
 import sys
+import urllib.request
 
-from conftest import BIN, worker_env
+from conftest import BIN, ROOT, worker_env
 
 GIB = float(1 << 30)
 
@@ -47,3 +48,35 @@ def test_bench_via_nixl_get_fills_first_and_stops_at_count(cluster):
         # One request of 4 blocks in flight; --count 64 blocks, well before --duration.
         assert r["inflight"] == 4 and r["ops"] == 64 and r["errors"] == 0, r
         assert r["seconds"] < 5, r
+
+
+def test_the_driver_with_a_key_seed_offloads_the_same_blocks_again(cluster):
+    """benches/nixl_kv.py --key-seed: runs with one namespace and seed rewrite one set of blocks
+    (as `memkv bench` rewrites its keys); without it every run offloads new ones."""
+
+    def objects():
+        return sum(
+            json.load(urllib.request.urlopen(f"http://{n.admin}/v1/status", timeout=5))["objects"]
+            for n in cluster.nodes
+        )
+
+    def offload(*extra):
+        args = ["--op", "put", "--size", "4KiB", "--batch", "4", "--handles", "1", "--max-blocks", "4"]
+        p = subprocess.run(
+            [sys.executable, str(ROOT / "benches" / "nixl_kv.py"), *args, "--namespace", "seeded", "--json", *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=worker_env(cluster.env()),
+        )
+        assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout}\n{p.stderr[-3000:]}"
+        # NIXL prints its own lines first; the driver's JSON object is the last line.
+        assert json.loads(p.stdout.strip().splitlines()[-1])["write_blocks"] == 4, p.stdout
+
+    before = objects()
+    offload("--key-seed", "3")
+    assert objects() == before + 4
+    offload("--key-seed", "3")
+    assert objects() == before + 4, "the same seed must offload the same 4 blocks"
+    offload()
+    assert objects() == before + 8, "without a seed the blocks are new"
