@@ -6,8 +6,9 @@ keyed by a 64-bit sequence hash (devId, empty metaInfo), --batch blocks per NIXL
 --handles requests in flight (each reposted as soon as it completes). Phase WRITE (offload) then
 phase READ (onboard into a second region, written once before timing), each for --duration
 seconds (and at most --max-blocks blocks, rounded up to whole requests); then every onboarded
-block is compared byte for byte with what was offloaded (the last READ of each block: the pool is read over and over). `--op get`
-writes every block once, untimed, before the READ phase; `--op put` runs the WRITE phase only.
+block is compared byte for byte with what was offloaded (the last READ of each block: the pool is
+read over and over). `--op get` writes every block once, untimed, before the READ phase; `--op
+put` runs the WRITE phase only.
 A request's latency runs from its post to the poll that sees it DONE (when nothing completed, the
 next poll comes after 1/10 of the last request's latency, between 20 us and 2 ms).
 
