@@ -10,6 +10,7 @@ pub mod config;
 pub mod license;
 pub mod logging;
 pub mod mem;
+pub(crate) mod par;
 pub mod server;
 #[doc(hidden)]
 pub mod testing;

@@ -24,6 +24,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::crc_copy::{copy_crc, crc_stream_copy};
 use super::onesided::{Completion, Dir, Provider, ProviderError, WorkRequest};
+use crate::par;
 
 /// Marker byte: the memfd of the arena rides on it.
 pub(crate) const MARKER_ARENA: u8 = 1;
@@ -32,10 +33,6 @@ pub(crate) const MARKER_NONE: u8 = 0;
 
 /// Reads at least this long stream into the caller's memory (see `copy`).
 pub(crate) const STREAM_READ: usize = 1 << 20;
-
-/// A post of several requests moving at least this many bytes is copied on several threads
-/// (see `copy_all`); below it, starting a thread would cost more than it saves.
-const PARALLEL_MIN: u64 = 8 << 20;
 
 /// This host's identity for "is the node on my host?": the kernel's boot id, shared by every
 /// container on the host (unlike the hostname).
@@ -317,40 +314,10 @@ impl ShmProvider {
         Ok(Self { map, done: Vec::new() })
     }
 
-    /// Copies every request (see [`copy`](Self::copy)); the results are in request order.
-    ///
-    /// A post of several requests moving [`PARALLEL_MIN`] bytes or more is split into up to
-    /// `workers` runs of about equal bytes, copied side by side on scoped threads (this one takes
-    /// the first run). A copy is one core's work: without the split, the blocks of a large batch
-    /// (a NIXL request of 16 x 16 MiB, say) were copied one after the other on the one thread
-    /// that drove the request, while single-block requests spread over the runtime's threads.
-    /// Where a thread cannot be started its run is copied here.
+    /// Copies every request (see [`copy`](Self::copy)); the results are in request order. A
+    /// large post is copied on up to `workers` threads ([`par::map_by_bytes`]).
     fn copy_all(&self, wrs: &[WorkRequest], workers: usize) -> Vec<Result<u32, String>> {
-        let total: u64 = wrs.iter().map(|w| w.len).sum();
-        let parts = if total >= PARALLEL_MIN { workers.min(wrs.len()) } else { 1 };
-        if parts <= 1 {
-            return wrs.iter().map(|w| self.copy(w)).collect();
-        }
-        let runs = split_by_bytes(wrs, parts, total);
-        std::thread::scope(|s| {
-            let helpers: Vec<_> = runs[1..]
-                .iter()
-                .map(|&run| {
-                    std::thread::Builder::new()
-                        .name("memkv-shm-copy".into())
-                        .spawn_scoped(s, move || run.iter().map(|w| self.copy(w)).collect::<Vec<_>>())
-                        .map_err(|_| run)
-                })
-                .collect();
-            let mut out: Vec<_> = runs[0].iter().map(|w| self.copy(w)).collect();
-            for h in helpers {
-                match h {
-                    Ok(h) => out.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
-                    Err(run) => out.extend(run.iter().map(|w| self.copy(w))),
-                }
-            }
-            out
-        })
+        par::map_by_bytes(wrs, workers, "memkv-shm-copy", |w| w.len, |w| self.copy(w))
     }
 
     fn copy(&self, w: &WorkRequest) -> Result<u32, String> {
@@ -424,25 +391,6 @@ impl Provider for ShmProvider {
     }
 }
 
-/// Splits `wrs` into at most `parts` non-empty consecutive runs of about `total / parts` bytes
-/// each (a run ends once it holds its share; a request is never split).
-fn split_by_bytes(wrs: &[WorkRequest], parts: usize, total: u64) -> Vec<&[WorkRequest]> {
-    let share = total.div_ceil(parts as u64).max(1);
-    let mut runs = Vec::with_capacity(parts);
-    let (mut start, mut bytes) = (0, 0u64);
-    for (i, w) in wrs.iter().enumerate() {
-        bytes += w.len;
-        if bytes >= share && runs.len() + 1 < parts {
-            runs.push(&wrs[start..=i]);
-            (start, bytes) = (i + 1, 0);
-        }
-    }
-    if start < wrs.len() {
-        runs.push(&wrs[start..]);
-    }
-    runs
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,20 +449,6 @@ mod tests {
         for c in done {
             assert!(c.result.unwrap_err().contains("outside the node's 1048576-byte arena"));
         }
-    }
-
-    #[test]
-    fn large_posts_are_split_into_runs_of_about_equal_bytes() {
-        let lens =
-            |runs: &[&[WorkRequest]]| runs.iter().map(|r| r.iter().map(|w| w.len).collect()).collect::<Vec<Vec<u64>>>();
-        let mut bufs: Vec<Vec<u8>> = [4u64, 4, 4, 4, 1, 7].iter().map(|&n| vec![0; n as usize]).collect();
-        let wrs: Vec<WorkRequest> = bufs.iter_mut().map(|b| wr(Dir::Read, b, 0)).collect();
-        assert_eq!(lens(&split_by_bytes(&wrs, 2, 24)), [vec![4, 4, 4], vec![4, 1, 7]]);
-        assert_eq!(lens(&split_by_bytes(&wrs, 3, 24)), [vec![4, 4], vec![4, 4], vec![1, 7]]);
-        // Never more runs than asked, never an empty one; a big request ends its run alone.
-        assert_eq!(lens(&split_by_bytes(&wrs[4..], 2, 8)), [vec![1, 7]]);
-        assert_eq!(lens(&split_by_bytes(&wrs, 6, 24)), [vec![4], vec![4], vec![4], vec![4], vec![1, 7]]);
-        assert_eq!(lens(&split_by_bytes(&wrs[..1], 4, 4)), [vec![4]]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
