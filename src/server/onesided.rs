@@ -27,6 +27,7 @@ use super::Ctx;
 use super::arena::SlotMut;
 use super::drive::Persist;
 use super::store::{Object, PartWrite};
+use crate::par;
 use crate::transport::crc_copy::crc_bulk;
 use crate::wire::{self, Grant, Pinned, Status, WireError};
 
@@ -145,40 +146,66 @@ impl Leases {
     }
 
     /// COMMIT: checks each reservation's CRC32C and publishes it.
+    ///
+    /// Every entry's lease is taken first, then the CRCs are checked, on up to as many threads
+    /// as the node's runtime has for a large COMMIT (a NIXL request of 16 × 16 MiB is one;
+    /// [`par::map_by_bytes`]), then the objects are published in entry order.
     pub(crate) fn commit(&mut self, ctx: &Ctx, meta: &[u8], count: u32) -> Result<Committed, WireError> {
+        enum Taken {
+            Whole(Box<[u8]>, SlotMut),
+            Part(PartWrite),
+            Refused(Status),
+        }
         let entries = wire::decode_commits(meta, count)?;
-        let mut out = Committed { statuses: Vec::with_capacity(entries.len()), writes: Vec::new(), bytes: 0 };
-        for e in entries {
-            let status = match self.live.get(&e.token) {
-                None => Status::LeaseExpired,
-                Some((_, Lease::Pin { .. })) => Status::InvalidRequest,
+        let mut taken: Vec<Taken> = entries
+            .iter()
+            .map(|e| match self.live.get(&e.token) {
+                None => Taken::Refused(Status::LeaseExpired),
+                Some((_, Lease::Pin { .. })) => Taken::Refused(Status::InvalidRequest),
                 Some(_) => match self.take(ctx, e.token) {
-                    Some((_, Lease::Whole(key, mut slot))) => {
-                        let crc = crc_bulk(0, slot.bytes_mut());
-                        if e.crc.is_some_and(|c| c != crc) {
-                            Status::ChecksumMismatch
-                        } else {
-                            let obj = Object::new(&key, slot.freeze(), crc);
-                            out.bytes += obj.len();
-                            out.writes.extend(ctx.publish(obj));
-                            Status::Ok
-                        }
-                    }
-                    Some((_, Lease::Part(mut w))) => {
-                        let len = w.bytes_mut().len() as u64;
-                        let ok = e.crc.is_none_or(|c| c == crc_bulk(0, w.bytes_mut()));
-                        if let Some(obj) = ctx.store.finish_part(w, ok) {
-                            out.writes.extend(ctx.publish(obj));
-                        }
-                        if ok {
-                            out.bytes += len;
-                            Status::Ok
-                        } else {
-                            Status::ChecksumMismatch
-                        }
-                    }
-                    _ => Status::LeaseExpired,
+                    Some((_, Lease::Whole(key, slot))) => Taken::Whole(key, slot),
+                    Some((_, Lease::Part(w))) => Taken::Part(w),
+                    _ => Taken::Refused(Status::LeaseExpired),
                 },
+            })
+            .collect();
+        // The bytes to check: a whole object's always (its CRC is stored with it), a part's
+        // when the client sent one.
+        let views: Vec<&[u8]> = taken
+            .iter_mut()
+            .zip(&entries)
+            .map(|(t, e)| match t {
+                Taken::Whole(_, slot) => &*slot.bytes_mut(),
+                Taken::Part(w) if e.crc.is_some() => &*w.bytes_mut(),
+                _ => &[],
+            })
+            .collect();
+        let workers = tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers());
+        let crcs = par::map_by_bytes(&views, workers, "memkv-commit-crc", |v| v.len() as u64, |v| crc_bulk(0, v));
+        let mut out = Committed { statuses: Vec::with_capacity(entries.len()), writes: Vec::new(), bytes: 0 };
+        for ((t, e), crc) in taken.into_iter().zip(&entries).zip(crcs) {
+            let status = match t {
+                Taken::Refused(status) => status,
+                Taken::Whole(_, _) if e.crc.is_some_and(|c| c != crc) => Status::ChecksumMismatch,
+                Taken::Whole(key, slot) => {
+                    let obj = Object::new(&key, slot.freeze(), crc);
+                    out.bytes += obj.len();
+                    out.writes.extend(ctx.publish(obj));
+                    Status::Ok
+                }
+                Taken::Part(mut w) => {
+                    let len = w.bytes_mut().len() as u64;
+                    let ok = e.crc.is_none_or(|c| c == crc);
+                    if let Some(obj) = ctx.store.finish_part(w, ok) {
+                        out.writes.extend(ctx.publish(obj));
+                    }
+                    if ok {
+                        out.bytes += len;
+                        Status::Ok
+                    } else {
+                        Status::ChecksumMismatch
+                    }
+                }
             };
             out.statuses.push(status);
         }
@@ -354,6 +381,41 @@ mod tests {
         // Bounds: a range outside its object is refused at RESERVE.
         let g = l.reserve(&ctx, &reserve_meta(&[(b"k", 8, 4, 10), (b"big", 0, 2 << 20, 2 << 20)]), 2).unwrap();
         assert_eq!((g[0].status, g[1].status), (Status::InvalidRequest, Status::PayloadTooLarge));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+    async fn a_large_commit_checked_on_several_threads_answers_each_entry_in_order() {
+        let ctx = Ctx::for_tests(64 << 20, Duration::from_secs(30));
+        let mut l = Leases::new(ctx.lease_timeout);
+        const M: u64 = 3 << 20;
+        let keys: [&[u8]; 6] = [b"w0", b"w1", b"w2", b"w3", b"w4", b"w5"];
+        let mut wanted: Vec<_> = keys.iter().map(|&k| (k, 0, M, M)).collect();
+        wanted.extend([(&b"p"[..], 0, M, 2 * M), (&b"p"[..], M, M, 2 * M)]);
+        let g = l.reserve(&ctx, &reserve_meta(&wanted), 8).unwrap();
+        assert!(g.iter().all(|g| g.status == Status::Ok), "{g:?}");
+        let data: Vec<Vec<u8>> = (0..8u32)
+            .map(|k| (0..M as u32).map(|i| i.wrapping_mul(2654435761).rotate_left(k) as u8).collect())
+            .collect();
+        for (g, d) in g.iter().zip(&data) {
+            write(&ctx, g.addr, d);
+        }
+        let crc = |k: usize| Some(crc32c::crc32c(&data[k]));
+        let mut commits: Vec<CommitEntry> = (0..8).map(|k| CommitEntry { token: g[k].token, crc: crc(k) }).collect();
+        commits[2].crc = crc(1); // the wrong block's CRC
+        commits[4].crc = None; // a whole object's bytes are checked anyway (its CRC is stored)
+        commits[7].crc = None; // a part's only when the client sent one
+        commits.insert(5, CommitEntry { token: 4242, crc: None });
+        let c = l.commit(&ctx, &commit_meta(&commits), 9).unwrap();
+        use Status::{ChecksumMismatch as Bad, LeaseExpired as Gone, Ok as Fine};
+        assert_eq!(c.statuses, [Fine, Fine, Bad, Fine, Fine, Gone, Fine, Fine, Fine]);
+        assert_eq!(c.bytes, 7 * M);
+        for k in [0, 1, 3, 4, 5] {
+            let obj = ctx.store.get(keys[k]).unwrap();
+            assert_eq!((obj.bytes(), obj.crc()), (&data[k][..], crc32c::crc32c(&data[k])), "object {k}");
+        }
+        assert!(ctx.store.get(b"w2").is_none(), "the mismatched block is not published");
+        assert_eq!(ctx.store.get(b"p").unwrap().bytes(), [&data[6][..], &data[7][..]].concat());
+        assert_eq!(ctx.store.arena().used(), 7 * M, "the mismatched reservation's memory is free again");
     }
 
     #[tokio::test]
