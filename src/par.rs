@@ -5,6 +5,12 @@
 /// thread would cost more than it saves.
 pub(crate) const PARALLEL_MIN: u64 = 8 << 20;
 
+/// The threads the caller may keep busy: the workers of the tokio runtime it runs on (the
+/// client's or the node's I/O threads, `MEMKV_IO_THREADS`), or 1 outside a runtime.
+pub(crate) fn runtime_workers() -> usize {
+    tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers())
+}
+
 /// `f` of every item, in item order.
 ///
 /// A batch of several items and [`PARALLEL_MIN`] bytes or more (`bytes` of each item) is split

@@ -370,9 +370,7 @@ impl Provider for ShmProvider {
     }
 
     unsafe fn post(&mut self, wrs: &[WorkRequest]) -> Result<(), ProviderError> {
-        // The threads this client may keep busy: its I/O runtime's (MEMKV_IO_THREADS).
-        let workers = tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers());
-        let results = self.copy_all(wrs, workers);
+        let results = self.copy_all(wrs, par::runtime_workers());
         for (w, r) in wrs.iter().zip(results) {
             self.done.push(Completion { id: w.id, crc: r.as_ref().ok().copied(), result: r.map(drop) });
         }
