@@ -3,7 +3,8 @@
 
 For each round and each block size, every system runs PUT then GET for --seconds each, one after
 the other (so machine drift hits all of them alike; the order of the systems rotates by one each
-round), with the data verified:
+round, and the rows the NIXL target compares run next to each other, in turn first: GROUPS), with
+the data verified:
   memkv          `memkv --transport tcp bench` (Rust client, one node, 4 connections, 32 in flight;
                  the client library checks every GET's CRC32C, and every --verify-every'th GET is
                  also compared byte for byte)
@@ -247,6 +248,27 @@ SYSTEMS = {"memkv": memkv("tcp"), "memkv-shm": memkv("shm"), "memkv-1t": memkv("
            "memkv-nixl": memkv_nixl("tcp"),
            "memkv-nixl-shm": memkv_nixl("shm"), "redis": redis, "mooncake": mooncake,
            "nixl-ucx-tcp": ucx("tcp"), "nixl-ucx-shm": ucx(None)}
+# Rows that issue 7's NIXL target compares, measured next to each other (in this order, reversed
+# every other round), so that a ratio compares measurements seconds apart, not minutes: on the
+# 2-core VM the loopback ceiling has moved by up to 30% from one round to the next.
+GROUPS = [["memkv", "memkv-nixl", "memkv-pool"], ["memkv-shm", "memkv-nixl-shm"]]
+
+
+def round_order(systems, rnd):
+    """The order in which round `rnd` (from 1) measures `systems`: each group's members that are
+    among them form one unit where the first of them stands, every other system is a unit alone;
+    the units rotate by one each round, and each unit runs reversed in even rounds."""
+    units, grouped = [], set()
+    for name in systems:
+        if name in grouped:
+            continue
+        unit = next(([m for m in g if m in systems] for g in GROUPS if name in g), [name])
+        grouped.update(unit)
+        units.append(unit)
+    shift = (rnd - 1) % len(units)
+    return [n for u in units[shift:] + units[:shift] for n in (u if rnd % 2 else u[::-1])]
+
+
 # The rows measured by `memkv bench` (`--verify-every` applies to them).
 RAW_MEMKV = [n for n in SYSTEMS if n.startswith("memkv") and not n.startswith("memkv-nixl")]
 
@@ -591,7 +613,8 @@ def report(a, sizes, systems, rows, ceilings, load_summary, failures, busy, meta
     md += ["", f"Data verified for every system: {'yes' if verified else 'NO (see the failures below)'}. "
            f"{', '.join(f'`{n}`' for n in systems if n in RAW_MEMKV)} compared every {a.verify_every}th GET byte "
            "for byte (every GET's CRC32C is "
-           f"checked by the client library). System order rotated by one each round. {load_summary}"
+           f"checked by the client library). System order rotated by one each round, the rows compared by the "
+           f"NIXL target next to each other, in turn first. {load_summary}"
            + (f"; measurements during which they used ≥ {BUSY_S:g} CPU-second: {', '.join(busy)}" if busy
               else f"; no measurement saw {BUSY_S:g} CPU-second of it") + ". "
            f"Raw rows: `{csv.relative_to(ROOT) if csv.is_relative_to(ROOT) else csv}`."]
@@ -618,8 +641,7 @@ def measure(a, sizes, systems):
         ceilings.append(c)
         load.sample()
         print(f"round {rnd}: ceilings " + ", ".join(f"{k} {v:.3f} GiB/s" for k, v in c.items()), file=sys.stderr)
-        shift = (rnd - 1) % len(systems)
-        order = systems[shift:] + systems[:shift]
+        order = round_order(systems, rnd)
         for block in sizes:
             rows.append((rnd, "memcpy", "copy", block, memcpy(block), None, None, True, load.sample()))
             for name in order:
