@@ -30,14 +30,13 @@ where
     T: Sync,
     R: Send,
 {
-    let sizes: Vec<u64> = items.iter().map(bytes).collect();
-    let total: u64 = sizes.iter().sum();
+    let total: u64 = items.iter().map(&bytes).sum();
     let parts = if total >= PARALLEL_MIN { workers.min(items.len()) } else { 1 };
     if parts <= 1 {
         return items.iter().map(&f).collect();
     }
     let f = &f;
-    let runs = split_by_bytes(items, &sizes, parts, total);
+    let runs = split_by_bytes(items, parts, total, bytes);
     std::thread::scope(|s| {
         let helpers: Vec<_> = runs[1..]
             .iter()
@@ -59,17 +58,18 @@ where
     })
 }
 
-/// Splits `items` (of `sizes` bytes each) into at most `parts` non-empty consecutive runs of about
-/// `total / parts` bytes each (a run ends once it holds its share; an item is never split).
-fn split_by_bytes<'a, T>(items: &'a [T], sizes: &[u64], parts: usize, total: u64) -> Vec<&'a [T]> {
+/// Splits `items` (of `bytes` each, `total` in all) into at most `parts` non-empty consecutive
+/// runs of about `total / parts` bytes each (a run ends once it holds its share; an item is never
+/// split).
+fn split_by_bytes<T>(items: &[T], parts: usize, total: u64, bytes: impl Fn(&T) -> u64) -> Vec<&[T]> {
     let share = total.div_ceil(parts as u64).max(1);
     let mut runs = Vec::with_capacity(parts);
-    let (mut start, mut bytes) = (0, 0u64);
-    for (i, n) in sizes.iter().enumerate() {
-        bytes += n;
-        if bytes >= share && runs.len() + 1 < parts {
+    let (mut start, mut held) = (0, 0u64);
+    for (i, item) in items.iter().enumerate() {
+        held += bytes(item);
+        if held >= share && runs.len() + 1 < parts {
             runs.push(&items[start..=i]);
-            (start, bytes) = (i + 1, 0);
+            (start, held) = (i + 1, 0);
         }
     }
     if start < items.len() {
@@ -85,7 +85,7 @@ mod tests {
     #[test]
     fn large_batches_are_split_into_runs_of_about_equal_bytes() {
         let lens = |sizes: &[u64], parts, total| -> Vec<Vec<u64>> {
-            split_by_bytes(sizes, sizes, parts, total).iter().map(|r| r.to_vec()).collect()
+            split_by_bytes(sizes, parts, total, |&n| n).iter().map(|r| r.to_vec()).collect()
         };
         let sizes = [4u64, 4, 4, 4, 1, 7];
         assert_eq!(lens(&sizes, 2, 24), [vec![4, 4, 4], vec![4, 1, 7]]);
