@@ -1,5 +1,6 @@
 //! Working through a large batch on several threads: the client's same-host copies of a large
-//! request (`transport::shm`) and the node's CRC check of a large COMMIT (`server::onesided`).
+//! request (`transport::shm`), the node's CRC check of a large COMMIT (`server::onesided`) and
+//! the committing of its arena at start (`server::arena`, `--prefault`).
 
 /// A batch of at least this many bytes is worked on several threads; below it, starting a
 /// thread would cost more than it saves.

@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use memmap2::MmapMut;
 use parking_lot::Mutex;
 
+use crate::par;
+
 /// Allocation granularity: objects start on a cache line.
 const ALIGN: u64 = 64;
 /// The largest allocation (2^32 - 1 units of [`ALIGN`]: just under 256 GiB).
@@ -202,20 +204,19 @@ impl Arena {
         }
         let base = self.base() as usize;
         let len = usize::try_from(self.capacity).map_err(|_| std::io::Error::other("arena too large"))?;
-        // Shares in whole multiples of 2 MiB, the size of a huge page.
+        // Shares in whole multiples of 2 MiB, the size of a huge page, one per thread.
         let share = len.div_ceil(threads.max(1)).next_multiple_of(2 << 20);
-        std::thread::scope(|scope| {
-            let fill = move |off: usize| populate(base + off, share.min(len - off));
-            // A share whose thread cannot be started is filled here.
-            let parts: Vec<_> = (0..len)
-                .step_by(share)
-                .map(|off| std::thread::Builder::new().spawn_scoped(scope, move || fill(off)).map_err(|_| off))
-                .collect();
-            parts.into_iter().try_for_each(|p| match p {
-                Ok(t) => t.join().unwrap_or_else(|_| Err(std::io::Error::other("a prefault thread panicked"))),
-                Err(off) => fill(off),
-            })
-        })
+        let shares: Vec<usize> = (0..len).step_by(share).collect();
+        let size = |&off: &usize| share.min(len - off);
+        par::map_by_bytes(
+            &shares,
+            threads,
+            "memkv-prefault",
+            |off| size(off) as u64,
+            |off| populate(base + off, size(off)),
+        )
+        .into_iter()
+        .collect()
     }
 
     /// The mapping's first byte (for registering the arena with a NIC once).
