@@ -1,6 +1,6 @@
-//! Working through a large batch on several threads: the client's same-host copies of a large
-//! request (`transport::shm`), the node's CRC check of a large COMMIT (`server::onesided`) and
-//! the committing of its arena at start (`server::arena`, `--prefault`).
+//! Working through a large batch on several threads of one pool: the client's same-host copies
+//! of a large request (`transport::shm`), the node's CRC check of a large COMMIT
+//! (`server::onesided`) and the committing of its arena at start (`server::arena`, `--prefault`).
 
 /// A batch of at least this many bytes is worked on several threads; below it, starting a
 /// thread would cost more than it saves.
@@ -15,15 +15,15 @@ pub(crate) fn runtime_workers() -> usize {
 /// `f` of every item, in item order.
 ///
 /// A batch of several items and [`PARALLEL_MIN`] bytes or more (`bytes` of each item) is split
-/// into up to `workers` runs of about equal bytes, worked side by side on scoped threads named
-/// `name` (this one takes the first run). A run whose thread cannot be started is worked here.
+/// into up to `workers` runs of about equal bytes. This thread works the first run; the others
+/// go to the process's [`pool`] and this thread waits for them. Without a pool (its threads could
+/// not be started) everything is worked here.
 /// One item is one thread's work: without the split, the blocks of a large batch (a NIXL request
 /// of 16 × 16 MiB, say) went one after the other on the one thread that took the request, while
 /// single-block requests spread over the runtime's threads.
 pub(crate) fn map_by_bytes<T, R>(
     items: &[T],
     workers: usize,
-    name: &str,
     bytes: impl Fn(&T) -> u64,
     f: impl Fn(&T) -> R + Sync,
 ) -> Vec<R>
@@ -33,30 +33,33 @@ where
 {
     let total: u64 = items.iter().map(&bytes).sum();
     let parts = if total >= PARALLEL_MIN { workers.min(items.len()) } else { 1 };
-    if parts <= 1 {
+    let Some(pool) = pool().filter(|_| parts > 1) else {
         return items.iter().map(&f).collect();
-    }
+    };
     let f = &f;
     let runs = split_by_bytes(items, parts, total, bytes);
-    std::thread::scope(|s| {
-        let helpers: Vec<_> = runs[1..]
-            .iter()
-            .map(|&run| {
-                std::thread::Builder::new()
-                    .name(name.into())
-                    .spawn_scoped(s, move || run.iter().map(f).collect::<Vec<_>>())
-                    .map_err(|_| run)
-            })
-            .collect();
-        let mut out: Vec<R> = runs[0].iter().map(f).collect();
-        for h in helpers {
-            match h {
-                Ok(h) => out.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
-                Err(run) => out.extend(run.iter().map(f)),
-            }
+    let mut outs: Vec<Vec<R>> = runs.iter().map(|_| Vec::new()).collect();
+    pool.in_place_scope(|s| {
+        let (here, helpers) = outs.split_first_mut().expect("split_by_bytes returns at least one run");
+        for (&run, out) in runs[1..].iter().zip(helpers) {
+            s.spawn(move |_| *out = run.iter().map(f).collect());
         }
-        out
+        *here = runs[0].iter().map(f).collect();
+    });
+    outs.into_iter().flatten().collect()
+}
+
+/// The threads that work the runs of [`map_by_bytes`]: one per CPU, named `memkv-par-N`, started
+/// on first use and kept for the life of the process. Starting a thread for each large request
+/// instead (a scoped thread per run) cost 7% of both cores of a 2-core VM at 2 MiB × 16 per NIXL
+/// request: about 600 thread starts and exits a second (docs/benchmarks.md).
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        rayon::ThreadPoolBuilder::new().num_threads(cpus).thread_name(|i| format!("memkv-par-{i}")).build().ok()
     })
+    .as_ref()
 }
 
 /// Splits `items` (of `bytes` each, `total` in all) into at most `parts` non-empty consecutive
@@ -98,25 +101,32 @@ mod tests {
     }
 
     #[test]
-    fn every_item_is_mapped_once_in_order_on_as_many_threads_as_asked() {
+    fn every_item_is_mapped_once_in_order_the_first_run_here_the_others_on_the_pool() {
         let items: Vec<u64> = (0..37).map(|i| (i % 5 + 1) << 20).collect();
-        let threads = std::sync::Mutex::new(std::collections::HashSet::new());
-        let out = map_by_bytes(
-            &items,
-            4,
-            "memkv-par-test",
-            |&n| n,
-            |&n| {
-                threads.lock().unwrap().insert(std::thread::current().id());
-                n * 3
-            },
-        );
-        assert_eq!(out, items.iter().map(|n| n * 3).collect::<Vec<_>>());
-        assert_eq!(threads.lock().unwrap().len(), 4, "a batch of 111 MiB goes to 4 threads");
+        let total = items.iter().sum();
+        let first_run = split_by_bytes(&items, 4, total, |&n| n)[0].len();
+        let here = std::thread::current().id();
+        let mut pool_threads = std::collections::HashSet::new();
+        for _ in 0..3 {
+            let out = map_by_bytes(
+                &items,
+                4,
+                |&n| n,
+                |&n| (n * 3, std::thread::current().id(), std::thread::current().name().map(str::to_owned)),
+            );
+            assert_eq!(out.iter().map(|o| o.0).collect::<Vec<_>>(), items.iter().map(|n| n * 3).collect::<Vec<_>>());
+            assert!(out[..first_run].iter().all(|o| o.1 == here), "the first run is worked by the caller");
+            for (_, id, name) in &out[first_run..] {
+                assert!(name.as_deref().is_some_and(|n| n.starts_with("memkv-par-")), "{name:?}");
+                pool_threads.insert(*id);
+            }
+        }
+        // The pool's threads are kept: three calls used no more of them than there are CPUs.
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert!((1..=cpus).contains(&pool_threads.len()), "{} pool threads", pool_threads.len());
         // Below PARALLEL_MIN, or with one worker, everything runs on this thread.
         for (items, workers) in [(&items[..2], 4), (&items[..], 1)] {
-            let here = std::thread::current().id();
-            let out = map_by_bytes(items, workers, "memkv-par-test", |&n| n, |&n| (n, std::thread::current().id()));
+            let out = map_by_bytes(items, workers, |&n| n, |&n| (n, std::thread::current().id()));
             assert!(out.iter().zip(items).all(|(&(m, t), &n)| m == n && t == here));
         }
     }

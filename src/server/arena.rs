@@ -208,15 +208,9 @@ impl Arena {
         let share = len.div_ceil(threads.max(1)).next_multiple_of(2 << 20);
         let shares: Vec<usize> = (0..len).step_by(share).collect();
         let size = |&off: &usize| share.min(len - off);
-        par::map_by_bytes(
-            &shares,
-            threads,
-            "memkv-prefault",
-            |off| size(off) as u64,
-            |off| populate(base + off, size(off)),
-        )
-        .into_iter()
-        .collect()
+        par::map_by_bytes(&shares, threads, |off| size(off) as u64, |off| populate(base + off, size(off)))
+            .into_iter()
+            .collect()
     }
 
     /// The mapping's first byte (for registering the arena with a NIC once).

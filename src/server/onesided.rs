@@ -180,13 +180,7 @@ impl Leases {
                 _ => &[],
             })
             .collect();
-        let crcs = par::map_by_bytes(
-            &views,
-            par::runtime_workers(),
-            "memkv-commit-crc",
-            |v| v.len() as u64,
-            |v| crc_bulk(0, v),
-        );
+        let crcs = par::map_by_bytes(&views, par::runtime_workers(), |v| v.len() as u64, |v| crc_bulk(0, v));
         let mut out = Committed { statuses: Vec::with_capacity(entries.len()), writes: Vec::new(), bytes: 0 };
         for ((t, e), crc) in taken.into_iter().zip(&entries).zip(crcs) {
             let status = match t {

@@ -317,7 +317,7 @@ impl ShmProvider {
     /// Copies every request (see [`copy`](Self::copy)); the results are in request order. A
     /// large post is copied on up to `workers` threads ([`par::map_by_bytes`]).
     fn copy_all(&self, wrs: &[WorkRequest], workers: usize) -> Vec<Result<u32, String>> {
-        par::map_by_bytes(wrs, workers, "memkv-shm-copy", |w| w.len, |w| self.copy(w))
+        par::map_by_bytes(wrs, workers, |w| w.len, |w| self.copy(w))
     }
 
     fn copy(&self, w: &WorkRequest) -> Result<u32, String> {
