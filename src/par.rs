@@ -2,8 +2,8 @@
 //! of a large request (`transport::shm`), the node's CRC check of a large COMMIT
 //! (`server::onesided`) and the committing of its arena at start (`server::arena`, `--prefault`).
 
-/// A batch of at least this many bytes is worked on several threads; below it, starting a
-/// thread would cost more than it saves.
+/// A batch of at least this many bytes is worked on several threads; below it, handing runs to
+/// other threads and waiting for them would cost more than it saves.
 pub(crate) const PARALLEL_MIN: u64 = 8 << 20;
 
 /// The threads the caller may keep busy: the workers of the tokio runtime it runs on (the
