@@ -2,6 +2,8 @@
 //! of a large request (`transport::shm`), the node's CRC check of a large COMMIT
 //! (`server::onesided`) and the committing of its arena at start (`server::arena`, `--prefault`).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 /// A batch of at least this many bytes is worked on several threads; below it, handing runs to
 /// other threads and waiting for them would cost more than it saves.
 pub(crate) const PARALLEL_MIN: u64 = 8 << 20;
@@ -14,13 +16,16 @@ pub(crate) fn runtime_workers() -> usize {
 
 /// `f` of every item, in item order.
 ///
-/// A batch of several items and [`PARALLEL_MIN`] bytes or more (`bytes` of each item) is split
-/// into up to `workers` runs of about equal bytes. This thread works the first run; the others
-/// go to the process's [`pool`] and this thread waits for them. Without a pool (its threads could
-/// not be started) everything is worked here.
-/// One item is one thread's work: without the split, the blocks of a large batch (a NIXL request
-/// of 16 × 16 MiB, say) went one after the other on the one thread that took the request, while
-/// single-block requests spread over the runtime's threads.
+/// A batch of several items and [`PARALLEL_MIN`] bytes or more (`bytes` of each item) is worked
+/// by this thread and by up to `workers - 1` helpers from the process's [`pool`], each taking the
+/// next item not yet taken until none is left. Helpers come only from CPUs no batch is using: a
+/// batch counts its own thread and its helpers against the process's CPUs, so a lone large
+/// request spreads over the idle cores while two at once on a 2-core host run side by side, one
+/// thread each, as single blocks do. (Helpers there as well only took turns on the same cores,
+/// and each batch then waited for its slowest run: 5% less PUT throughput for 16-block
+/// requests at 16 MiB.) Taking items one at a time keeps a helper that its core runs late from
+/// holding up the batch: this thread takes the items it has not reached.
+/// Without a pool (its threads could not be started) everything is worked here.
 pub(crate) fn map_by_bytes<T, R>(
     items: &[T],
     workers: usize,
@@ -31,103 +36,166 @@ where
     T: Sync,
     R: Send,
 {
-    let total: u64 = items.iter().map(&bytes).sum();
-    let parts = if total >= PARALLEL_MIN { workers.min(items.len()) } else { 1 };
-    let Some(pool) = pool().filter(|_| parts > 1) else {
+    let wanted = if items.iter().map(&bytes).sum::<u64>() >= PARALLEL_MIN { workers.min(items.len()) } else { 1 };
+    let Some(pool) = pool().filter(|_| wanted > 1) else {
         return items.iter().map(&f).collect();
     };
-    let f = &f;
-    let runs = split_by_bytes(items, parts, total, bytes);
-    let mut outs: Vec<Vec<R>> = runs.iter().map(|_| Vec::new()).collect();
-    pool.in_place_scope(|s| {
-        let (here, helpers) = outs.split_first_mut().expect("split_by_bytes returns at least one run");
-        for (&run, out) in runs[1..].iter().zip(helpers) {
-            s.spawn(move |_| *out = run.iter().map(f).collect());
+    let cpus = pool.reserve(wanted);
+    let helpers = cpus.0.saturating_sub(1);
+    if helpers == 0 {
+        return items.iter().map(&f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let work = |out: &mut Vec<(usize, R)>| {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(i) else { break };
+            out.push((i, f(item)));
         }
-        *here = runs[0].iter().map(f).collect();
+    };
+    let work = &work;
+    let mut outs: Vec<Vec<(usize, R)>> = (0..=helpers).map(|_| Vec::new()).collect();
+    pool.threads.in_place_scope(|s| {
+        let (here, others) = outs.split_first_mut().expect("one list for this thread");
+        for out in others {
+            s.spawn(move |_| work(out));
+        }
+        work(here);
     });
-    outs.into_iter().flatten().collect()
+    drop(cpus);
+    let mut slots: Vec<Option<R>> = items.iter().map(|_| None).collect();
+    for (i, r) in outs.into_iter().flatten() {
+        slots[i] = Some(r);
+    }
+    slots.into_iter().map(|r| r.expect("every item is taken exactly once")).collect()
 }
 
-/// The threads that work the runs of [`map_by_bytes`]: one per CPU, named `memkv-par-N`, started
-/// on first use and kept for the life of the process. Starting a thread for each large request
-/// instead (a scoped thread per run) cost 7% of both cores of a 2-core VM at 2 MiB × 16 per NIXL
-/// request: about 600 thread starts and exits a second (docs/benchmarks.md).
-fn pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+/// The threads that help [`map_by_bytes`]: one per CPU, named `memkv-par-N`, started on first use
+/// and kept for the life of the process, with a count of the CPUs no batch is using. Starting a
+/// thread for each large request instead (a scoped thread per run) cost 7% of both cores of a
+/// 2-core VM at 2 MiB × 16 per NIXL request: about 600 thread starts and exits a second
+/// (docs/benchmarks.md).
+struct Pool {
+    threads: rayon::ThreadPool,
+    free: AtomicUsize,
+}
+
+/// CPUs taken by one batch (its own thread and its helpers); handed back when dropped (also when
+/// the batch panicked).
+struct Reserved<'a>(usize, &'a Pool);
+
+impl Pool {
+    /// Takes up to `n` of the CPUs no batch is using.
+    fn reserve(&self, n: usize) -> Reserved<'_> {
+        let mut got = 0;
+        let _ = self.free.fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| {
+            got = free.min(n);
+            Some(free - got)
+        });
+        Reserved(got, self)
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.1.free.fetch_add(self.0, Ordering::AcqRel);
+    }
+}
+
+fn pool() -> Option<&'static Pool> {
+    static POOL: std::sync::OnceLock<Option<Pool>> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        rayon::ThreadPoolBuilder::new().num_threads(cpus).thread_name(|i| format!("memkv-par-{i}")).build().ok()
+        let threads =
+            rayon::ThreadPoolBuilder::new().num_threads(cpus).thread_name(|i| format!("memkv-par-{i}")).build().ok()?;
+        Some(Pool { threads, free: AtomicUsize::new(cpus) })
     })
     .as_ref()
-}
-
-/// Splits `items` (of `bytes` each, `total` in all) into at most `parts` non-empty consecutive
-/// runs of about `total / parts` bytes each (a run ends once it holds its share; an item is never
-/// split).
-fn split_by_bytes<T>(items: &[T], parts: usize, total: u64, bytes: impl Fn(&T) -> u64) -> Vec<&[T]> {
-    let share = total.div_ceil(parts as u64).max(1);
-    let mut runs = Vec::with_capacity(parts);
-    let (mut start, mut held) = (0, 0u64);
-    for (i, item) in items.iter().enumerate() {
-        held += bytes(item);
-        if held >= share && runs.len() + 1 < parts {
-            runs.push(&items[start..=i]);
-            (start, held) = (i + 1, 0);
-        }
-    }
-    if start < items.len() {
-        runs.push(&items[start..]);
-    }
-    runs
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
 
-    #[test]
-    fn large_batches_are_split_into_runs_of_about_equal_bytes() {
-        let lens = |sizes: &[u64], parts, total| -> Vec<Vec<u64>> {
-            split_by_bytes(sizes, parts, total, |&n| n).iter().map(|r| r.to_vec()).collect()
-        };
-        let sizes = [4u64, 4, 4, 4, 1, 7];
-        assert_eq!(lens(&sizes, 2, 24), [vec![4, 4, 4], vec![4, 1, 7]]);
-        assert_eq!(lens(&sizes, 3, 24), [vec![4, 4], vec![4, 4], vec![1, 7]]);
-        // Never more runs than asked, never an empty one; a big item ends its run alone.
-        assert_eq!(lens(&sizes[4..], 2, 8), [vec![1, 7]]);
-        assert_eq!(lens(&sizes, 6, 24), [vec![4], vec![4], vec![4], vec![4], vec![1, 7]]);
-        assert_eq!(lens(&sizes[..1], 4, 4), [vec![4]]);
+    /// The two tests below count on the pool's free CPUs: one at a time.
+    static POOL_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn name() -> Option<String> {
+        std::thread::current().name().map(str::to_owned)
     }
 
     #[test]
-    fn every_item_is_mapped_once_in_order_the_first_run_here_the_others_on_the_pool() {
+    fn every_item_is_mapped_once_in_order_here_and_on_the_pool_for_a_lone_batch() {
+        let _one = POOL_TESTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let items: Vec<u64> = (0..37).map(|i| (i % 5 + 1) << 20).collect();
-        let total = items.iter().sum();
-        let first_run = split_by_bytes(&items, 4, total, |&n| n)[0].len();
         let here = std::thread::current().id();
         let mut pool_threads = std::collections::HashSet::new();
         for _ in 0..3 {
+            // Slow enough that a helper starts while items are left.
             let out = map_by_bytes(
                 &items,
                 4,
                 |&n| n,
-                |&n| (n * 3, std::thread::current().id(), std::thread::current().name().map(str::to_owned)),
+                |&n| {
+                    std::thread::sleep(Duration::from_millis(2));
+                    (n * 3, std::thread::current().id(), name())
+                },
             );
             assert_eq!(out.iter().map(|o| o.0).collect::<Vec<_>>(), items.iter().map(|n| n * 3).collect::<Vec<_>>());
-            assert!(out[..first_run].iter().all(|o| o.1 == here), "the first run is worked by the caller");
-            for (_, id, name) in &out[first_run..] {
+            for (_, id, name) in out.iter().filter(|o| o.1 != here) {
                 assert!(name.as_deref().is_some_and(|n| n.starts_with("memkv-par-")), "{name:?}");
                 pool_threads.insert(*id);
             }
         }
-        // The pool's threads are kept: three calls used no more of them than there are CPUs.
+        // With a CPU to spare the pool helped, and its threads are kept: three calls used no more
+        // of them than there are CPUs.
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        assert!((1..=cpus).contains(&pool_threads.len()), "{} pool threads", pool_threads.len());
+        let least = usize::from(cpus > 1);
+        assert!((least..=cpus).contains(&pool_threads.len()), "{} pool threads", pool_threads.len());
         // Below PARALLEL_MIN, or with one worker, everything runs on this thread.
         for (items, workers) in [(&items[..2], 4), (&items[..], 1)] {
             let out = map_by_bytes(items, workers, |&n| n, |&n| (n, std::thread::current().id()));
             assert!(out.iter().zip(items).all(|(&(m, t), &n)| m == n && t == here));
+        }
+    }
+
+    #[test]
+    fn with_one_cpu_left_the_caller_works_the_batch_alone_and_a_panic_hands_the_cpus_back() {
+        let _one = POOL_TESTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pool = pool().expect("the pool starts");
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        // Another batch holds every CPU but one (other users hand theirs back within their call).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut held = Vec::new();
+        while held.iter().map(|r: &Reserved<'_>| r.0).sum::<usize>() < cpus - 1 {
+            assert!(Instant::now() < deadline, "CPUs were not handed back");
+            held.push(pool.reserve(cpus - 1 - held.iter().map(|r| r.0).sum::<usize>()));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let items: Vec<u64> = vec![4 << 20; 8];
+        let here = std::thread::current().id();
+        let out = map_by_bytes(&items, 4, |&n| n, |_| std::thread::current().id());
+        assert!(out.iter().all(|&t| t == here), "one CPU left, for this thread: no helper");
+        drop(held);
+        // A panicking item: the panic reaches the caller, whichever thread took the item, and
+        // the CPUs are handed back.
+        let r = std::panic::catch_unwind(|| {
+            map_by_bytes(
+                &(0..8u64).collect::<Vec<_>>(),
+                4,
+                |_| 4 << 20,
+                |&i| {
+                    std::thread::sleep(Duration::from_millis(2));
+                    assert_ne!(i, 5, "item 5 fails");
+                },
+            )
+        });
+        assert!(r.is_err(), "the panic propagates");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool.free.load(Ordering::Acquire) < cpus {
+            assert!(Instant::now() < deadline, "CPUs were not handed back after the panic");
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
