@@ -54,7 +54,8 @@ where
         }
     };
     let work = &work;
-    let mut outs: Vec<Vec<(usize, R)>> = (0..=helpers).map(|_| Vec::new()).collect();
+    // Sized for every item, so that a list never grows: allocations per batch, not per item.
+    let mut outs: Vec<Vec<(usize, R)>> = (0..=helpers).map(|_| Vec::with_capacity(items.len())).collect();
     pool.threads.in_place_scope(|s| {
         let (here, others) = outs.split_first_mut().expect("one list for this thread");
         for out in others {
