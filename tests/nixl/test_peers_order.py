@@ -34,3 +34,16 @@ def test_a_subset_keeps_only_the_groups_it_has():
     assert peers.round_order(["redis", "memkv-nixl-shm", "mooncake"], 1) == ["redis", "memkv-nixl-shm", "mooncake"]
     assert peers.round_order(["memkv-pool", "redis", "memkv"], 1) == ["memkv", "memkv-pool", "redis"]
     assert peers.round_order(["memkv-pool", "redis", "memkv"], 2) == ["redis", "memkv-pool", "memkv"]
+
+
+def test_the_per_round_ratio_is_the_median_of_each_rounds_own_ratio():
+    # (round, system, op, block, GiB/s): the rounds drift together, so the ratio of the medians
+    # (2.5 / 2.4) says less about the pair than each round's own ratio does.
+    rows = [(1, "a", "put", 4096, 1.0), (1, "b", "put", 4096, 1.0),
+            (2, "a", "put", 4096, 2.0), (2, "b", "put", 4096, 2.4),
+            (3, "a", "put", 4096, 3.0), (3, "b", "put", 4096, 2.9),
+            (3, "a", "get", 4096, 9.0), (4, "a", "put", 4096, 5.0)]
+    assert peers.round_ratio(rows, "a", "b", "put", 4096) == 1.0
+    # Rounds where only one side measured do not count; one round alone gives no figure.
+    assert peers.round_ratio(rows[:2] + rows[-1:], "a", "b", "put", 4096) is None
+    assert peers.round_ratio(rows, "a", "b", "get", 4096) is None
