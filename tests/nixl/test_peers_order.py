@@ -1,6 +1,7 @@
 """benches/peers/peers.py's order of measurement: the systems rotate round by round, and the rows
 issue 7's NIXL target compares (memkv-nixl with memkv and memkv-pool, memkv-nixl-shm with
-memkv-shm) are always measured next to each other, each side first in turn."""
+memkv-shm) are always measured next to each other, each side first in turn; and the per-round
+ratio the report gives beside each verdict against one named system."""
 
 import sys
 
