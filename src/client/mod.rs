@@ -908,7 +908,7 @@ impl Client {
     /// known lengths, and striped over the node's connections), all in parallel. Absent keys and
     /// keys on unavailable nodes are `None`; other failures are errors.
     pub async fn get_batch(&self, items: &[GetItem]) -> Result<Vec<Option<Bytes>>, ClientError> {
-        let got = self.fetch_batch(&self.prepare_get(items)?, None).await?;
+        let got = self.fetch_batch(items, &self.plan_get(items)?, None).await?;
         Ok(got.into_iter().map(|g| g.and_then(|g| if let Got::Bytes(b) = g { Some(b) } else { None })).collect())
     }
 
@@ -923,13 +923,18 @@ impl Client {
     /// Plans a batch of GET entries once, for [`get_prepared_into`](Self::get_prepared_into) to
     /// run any number of times (keys namespaced, grouped by node, entry tables encoded).
     pub fn prepare_get(&self, items: &[GetItem]) -> Result<PreparedGet, ClientError> {
+        Ok(PreparedGet { items: items.to_vec(), groups: self.plan_get(items)? })
+    }
+
+    /// The GET_BATCHes of `items`: keys namespaced, grouped by node, entry tables encoded.
+    fn plan_get(&self, items: &[GetItem]) -> Result<Vec<GetGroup>, ClientError> {
         let wire: Vec<Vec<u8>> = items.iter().map(|it| self.wire_key(&it.key)).collect::<Result<_, _>>()?;
         // Entries of known length are grouped by the bytes they answer too, so that each
         // GET_BATCH fits the node's answer budget (MAX_BATCH_PAYLOAD) and the groups of a large
         // request run side by side on the node's connections; a whole-object entry (length 0)
         // counts nothing, and past the budget it is fetched on its own.
         let groups = self.group(&wire, |i| (wire[i].len() + 18, items[i].length));
-        let groups = groups
+        Ok(groups
             .into_iter()
             .map(|(idx, members)| {
                 let entries: Vec<BatchGetEntry<'_>> = members
@@ -940,8 +945,7 @@ impl Client {
                 wire::encode_get_entries(&entries, &mut meta);
                 GetGroup { idx, members, meta }
             })
-            .collect();
-        Ok(PreparedGet { items: items.to_vec(), groups })
+            .collect())
     }
 
     /// Runs a prepared GET batch into `targets` (see [`get_batch_into`](Self::get_batch_into)).
@@ -962,17 +966,18 @@ impl Client {
                 it.length
             )));
         }
-        Ok(self.fetch_batch(prepared, Some(targets)).await?.into_iter().map(|g| g.is_some()).collect())
+        let got = self.fetch_batch(items, &prepared.groups, Some(targets)).await?;
+        Ok(got.into_iter().map(|g| g.is_some()).collect())
     }
 
     async fn fetch_batch(
         &self,
-        prepared: &PreparedGet,
+        items: &[GetItem],
+        groups: &[GetGroup],
         targets: Option<Vec<ReadTarget>>,
     ) -> Result<Vec<Option<Got>>, ClientError> {
-        let items = &prepared.items;
         let mut targets: Vec<Option<ReadTarget>> = targets.into_iter().flatten().map(Some).collect();
-        let calls = prepared.groups.iter().map(|g| {
+        let calls = groups.iter().map(|g| {
             // The group's targets, in the order of its entries.
             let group_targets: Option<Targets> = (!targets.is_empty())
                 .then(|| g.members.iter().map(|&i| targets[i].take().expect("each entry is in one group")).collect());
