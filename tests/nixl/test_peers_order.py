@@ -1,8 +1,10 @@
 """benches/peers/peers.py's order of measurement: the systems rotate round by round, and the rows
-issue 7's NIXL target compares (memkv-nixl with memkv and memkv-pool, memkv-nixl-shm with
-memkv-shm) are always measured next to each other, each side first in turn; and the per-round
-ratio the report gives beside each verdict against one named system."""
+issue 7's closest targets compare (memkv-nixl with memkv and memkv-pool, memkv-nixl-shm with
+memkv-shm, redis with memkv-1t-batch4 and memkv-shm-1t-batch16) are always measured next to each
+other, each side first in turn; and the per-round ratio that each verdict against one named system
+is judged by."""
 
+import argparse
 import sys
 
 from conftest import ROOT
@@ -22,12 +24,16 @@ def test_compared_rows_run_side_by_side_in_every_round_and_take_turns_first():
         assert abs(at("memkv-nixl") - at("memkv-pool")) == 1, order
         assert abs(at("memkv-nixl-shm") - at("memkv-shm")) == 1, order
         assert (at("memkv-shm") < at("memkv-nixl-shm")) == (rnd % 2 == 1), f"round {rnd}: {order}"
+        assert abs(at("redis") - at("memkv-1t-batch4")) == 1, order
+        assert abs(at("redis") - at("memkv-shm-1t-batch16")) == 1, order
+        assert (at("memkv-1t-batch4") < at("redis")) == (rnd % 2 == 1), f"round {rnd}: {order}"
         firsts.append(order[0])
-    # The units (10 here: two groups and eight systems alone) rotate by one each round: every
-    # unit leads once in any 10 rounds in a row.
+    # The units (three groups, and every other system alone) rotate by one each round: every
+    # unit leads once in any run of as many rounds as there are units.
     unit = {m: i for i, g in enumerate(peers.GROUPS) for m in g}
     leaders = [unit.get(f, f) for f in firsts]
-    units = len(systems) - 3
+    units = len(systems) - sum(len(g) - 1 for g in peers.GROUPS)
+    assert units == 8
     assert all(len(set(leaders[r:r + units])) == units for r in range(len(leaders) - units + 1)), leaders
 
 
@@ -48,3 +54,35 @@ def test_the_per_round_ratio_is_the_median_of_each_rounds_own_ratio():
     # Rounds where only one side measured do not count; one round alone gives no figure.
     assert peers.round_ratio(rows[:2] + rows[-1:], "a", "b", "put", 4096) is None
     assert peers.round_ratio(rows, "a", "b", "get", 4096) is None
+
+
+def report_targets(rows):
+    """The target lines of the report of `rows` ((round, system, op, block, GiB/s), 4 KiB only)."""
+    a = argparse.Namespace(from_csv=None, out=ROOT / "peers-test", seconds=1, verify_every=16)
+    full = [(rnd, name, op, block, gib, gib * 2**30 / block, 100.0, True, 0.0) for rnd, name, op, block, gib in rows]
+    ceilings = [{"iperf3 -P 1": 5.0}]
+    systems = sorted({r[1] for r in rows})
+    md = peers.report(a, [4096], systems, full, ceilings, "other processes: none", [], [], "today")[0]
+    return [line for line in md.splitlines() if line.startswith("- ")]
+
+
+def pair_rows(pairs):
+    """Rows of memkv-1t-batch4 and redis, PUT and GET 4 KiB, one (ours, theirs) pair per round."""
+    return [(rnd, name, op, 4096, gib) for rnd, (ours, theirs) in enumerate(pairs, 1) for op in ("put", "get")
+            for name, gib in (("memkv-1t-batch4", ours), ("redis", theirs))]
+
+
+def test_a_verdict_is_judged_by_the_per_round_ratio_not_the_ratio_of_the_medians():
+    # memkv-1t-batch4 against redis, PUT 4 KiB: both drift together over the rounds. The medians
+    # (1.2 vs 1.1) make 1.09x, yet in every round but one batch4 was the slower of the two.
+    pairs = [(1.0, 1.05), (1.2, 1.25), (1.4, 1.1), (0.9, 0.95), (1.3, 1.35)]
+    rows = pair_rows(pairs)
+    line = next(t for t in report_targets(rows) if t.startswith("- 4 KiB and 64 KiB, memkv-1t-batch4"))
+    assert "**not met**" in line, line
+    assert "PUT 4 KiB 0.96x (per round; medians 1.200 vs 1.100, 1.09x) ✗" in line, line
+    # The same rows with batch4 ahead in four rounds of five meet it.
+    pairs = [(1.1, 1.05), (1.3, 1.25), (0.9, 1.1), (1.0, 0.95), (1.4, 1.35)]
+    rows = pair_rows(pairs)
+    line = next(t for t in report_targets(rows) if t.startswith("- 4 KiB and 64 KiB, memkv-1t-batch4"))
+    assert line.startswith("- 4 KiB and 64 KiB, memkv-1t-batch4 (one thread per process and 4 blocks per request, "
+                           "as Redis's pipeline of 4) ≥ redis: **met**"), line
