@@ -629,11 +629,13 @@ def report(a, sizes, systems, rows, ceilings, load_summary, failures, busy, meta
            "\"per round\", which cancels the drift between rounds that a ratio of two medians keeps; the two "
            "medians and their ratio follow it)", ""] + targets
 
+    side_by_side = [[m for m in g if m in systems] for g in GROUPS]
+    side_by_side = [g for g in side_by_side if len(g) > 1]
     md += ["", f"Data verified for every system: {'yes' if verified else 'NO (see the failures below)'}. "
            f"{', '.join(f'`{n}`' for n in systems if n in RAW_MEMKV)} compared every {a.verify_every}th GET byte "
            "for byte (every GET's CRC32C is "
-           f"checked by the client library). System order rotated by one each round, the rows compared by the "
-           f"NIXL target next to each other, in turn first. {load_summary}"
+           "checked by the client library). System order rotated by one each round, these rows next to each "
+           f"other, in turn first: {'; '.join(', '.join(g) for g in side_by_side) or 'none'}. {load_summary}"
            + (f"; measurements during which they used ≥ {BUSY_S:g} CPU-second: {', '.join(busy)}" if busy
               else f"; no measurement saw {BUSY_S:g} CPU-second of it") + ". "
            f"Raw rows: `{csv.relative_to(ROOT) if csv.is_relative_to(ROOT) else csv}`."]
