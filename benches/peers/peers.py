@@ -256,6 +256,11 @@ GROUPS = [["memkv", "memkv-nixl", "memkv-pool"], ["memkv-shm", "memkv-nixl-shm"]
           ["memkv-1t-batch4", "redis", "memkv-shm-1t-batch16"]]
 
 
+def groups_in(systems):
+    """GROUPS cut to their members among `systems`, keeping those left with two or more."""
+    return [cut for cut in ([m for m in g if m in systems] for g in GROUPS) if len(cut) > 1]
+
+
 def round_order(systems, rnd):
     """The order in which round `rnd` (from 1) measures `systems`: each group's members that are
     among them form one unit where the first of them stands, every other system is a unit alone;
@@ -264,7 +269,7 @@ def round_order(systems, rnd):
     for name in systems:
         if name in grouped:
             continue
-        unit = next(([m for m in g if m in systems] for g in GROUPS if name in g), [name])
+        unit = next((g for g in groups_in(systems) if name in g), [name])
         grouped.update(unit)
         units.append(unit)
     shift = (rnd - 1) % len(units)
@@ -629,13 +634,11 @@ def report(a, sizes, systems, rows, ceilings, load_summary, failures, busy, meta
            "\"per round\", which cancels the drift between rounds that a ratio of two medians keeps; the two "
            "medians and their ratio follow it)", ""] + targets
 
-    side_by_side = [[m for m in g if m in systems] for g in GROUPS]
-    side_by_side = [g for g in side_by_side if len(g) > 1]
     md += ["", f"Data verified for every system: {'yes' if verified else 'NO (see the failures below)'}. "
            f"{', '.join(f'`{n}`' for n in systems if n in RAW_MEMKV)} compared every {a.verify_every}th GET byte "
            "for byte (every GET's CRC32C is "
            "checked by the client library). System order rotated by one each round, these rows next to each "
-           f"other, in turn first: {'; '.join(', '.join(g) for g in side_by_side) or 'none'}. {load_summary}"
+           f"other, in turn first: {'; '.join(', '.join(g) for g in groups_in(systems)) or 'none'}. {load_summary}"
            + (f"; measurements during which they used ≥ {BUSY_S:g} CPU-second: {', '.join(busy)}" if busy
               else f"; no measurement saw {BUSY_S:g} CPU-second of it") + ". "
            f"Raw rows: `{csv.relative_to(ROOT) if csv.is_relative_to(ROOT) else csv}`."]
