@@ -30,6 +30,9 @@ const SHORT_LANE: usize = 1344;
 /// The fallbacks' piece: checksummed and copied in turn while it is in L2.
 const PIECE: usize = 256 * 1024;
 
+/// The copies' shape: `(crc, src, dst, n)`, returning `crc` extended by the bytes moved.
+pub(crate) type CopyFn = unsafe fn(u32, *const u8, *mut u8, usize) -> u32;
+
 /// Copies `n` bytes from `src` to `dst` around the cache (non-temporal stores, fenced before
 /// it returns) and returns `crc` extended by the source bytes as they were copied (as
 /// `crc32c::crc32c_append(crc, src[..n])` when nothing writes `src` meanwhile).
@@ -302,8 +305,6 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    type CopyFn = unsafe fn(u32, *const u8, *mut u8, usize) -> u32;
 
     /// Every path (and [`crc_bulk`]) against `crc32c` and `memcpy`: every destination alignment
     /// around the 32-byte stores, lengths around the 3-lane step, a non-zero starting CRC;

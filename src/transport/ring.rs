@@ -34,7 +34,7 @@ use memmap2::MmapRaw;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::crc_copy::{copy_crc, copy_crc_src, crc_stream_copy, prefetch};
+use super::crc_copy::{CopyFn, copy_crc, copy_crc_src, crc_stream_copy, prefetch};
 
 /// Bytes of each direction's data area.
 pub(crate) const RING_BYTES: u64 = 256 << 10;
@@ -184,9 +184,6 @@ impl Dir {
         Ok(n)
     }
 }
-
-/// How [`RingWriter::stage`] copies: `(crc, src, dst, n)`, as the `crc_copy` functions.
-type CopyFn = unsafe fn(u32, *const u8, *mut u8, usize) -> u32;
 
 /// A copy that takes no CRC (and returns the one it was given).
 ///

@@ -6,9 +6,11 @@
 //! bounded by [`Limits`] inside `Header::decode` before any buffer is sized from it.
 
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
+use super::crc_copy::{CopyFn, copy_crc, crc_stream_copy};
 use super::ring::Inbound;
 use crate::auth::DirectionMac;
 use crate::wire::{Flags, HEADER_LEN, Header, Limits, MAC_LEN, WireError};
@@ -72,6 +74,30 @@ impl<'a> SegmentCrcs<'a> {
             self.crc = crc32c::crc32c_append(self.crc, &b[..n]);
             self.left -= n as u64;
             b = &b[n..];
+            self.roll();
+        }
+    }
+
+    /// Copies `src` to `dst` and feeds the bytes as [`update`](Self::update) would, in the same
+    /// pass ([`copy_crc`]: the CRC of each line as it lands, read back from L1).
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `src.len()` bytes and not overlap `src`.
+    unsafe fn copy(&mut self, src: &[u8], dst: *mut u8) {
+        let mut at = 0;
+        while at < src.len() {
+            let rest = src.len() - at;
+            // SAFETY: `at + n <= src.len()`; the caller's contract for `dst`.
+            unsafe {
+                if !self.open {
+                    std::ptr::copy_nonoverlapping(src.as_ptr().add(at), dst.add(at), rest);
+                    return;
+                }
+                let n = self.left.min(rest as u64) as usize;
+                self.crc = copy_crc(self.crc, src.as_ptr().add(at), dst.add(at), n);
+                self.left -= n as u64;
+                at += n;
+            }
             self.roll();
         }
     }
@@ -199,18 +225,52 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         while buf.len() < end {
             let start = buf.len();
             let want = (end - start).min(CRC_CHUNK);
-            // As in `read_payload`: past the buffered bytes, large reads skip the buffer.
-            let n = if self.inner.buffer().is_empty() && want >= self.direct {
-                self.inner.get_mut().read_buf(&mut buf.limit(want)).await?
-            } else {
-                self.inner.read_buf(&mut buf.limit(want)).await?
-            };
-            if n == 0 {
+            let held = self.inner.buffer();
+            if !held.is_empty() {
+                let n = held.len().min(want);
+                // SAFETY: `buf` has room for `want >= n` more bytes (reserved above), which the
+                // copy initialises before `set_len` counts them.
+                unsafe {
+                    crcs.copy(&held[..n], buf.as_mut_ptr().add(start));
+                    buf.set_len(start + n);
+                }
+                Pin::new(&mut self.inner).consume(n);
+                continue;
+            }
+            // As in `read_payload`: large reads skip the drained buffer, small ones refill it.
+            if want < self.direct {
+                self.fill().await?;
+                continue;
+            }
+            if self.inner.get_mut().read_buf(&mut buf.limit(want)).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
             crcs.update(&buf[start..]);
         }
         Ok(())
+    }
+
+    /// Refills the drained read buffer with one read; the peer closing first is an error.
+    async fn fill(&mut self) -> io::Result<()> {
+        if self.inner.fill_buf().await?.is_empty() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+
+    /// Copies what the read buffer holds, up to `room` bytes, to `dst` with `copy`, which takes
+    /// the CRC in the same pass (`crc` extended); returns how many bytes and the CRC.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `room` bytes.
+    unsafe fn take_buffered(&mut self, dst: *mut u8, room: usize, crc: u32, copy: CopyFn) -> (usize, u32) {
+        let held = self.inner.buffer();
+        let n = held.len().min(room);
+        // SAFETY: the read buffer is this reader's own memory, apart from `dst`; the caller's
+        // contract.
+        let crc = unsafe { copy(crc, held.as_ptr(), dst, n) };
+        Pin::new(&mut self.inner).consume(n);
+        (n, crc)
     }
 
     /// Reads and discards everything until the peer closes.
@@ -226,24 +286,35 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 }
 
 impl<R: Inbound> FrameReader<R> {
-    /// Like [`read_into`](Self::read_into), and returns the bytes' CRC32C. Out of a ring the CRC
-    /// is taken in the copy itself, which goes `around_cache` or through it
-    /// ([`RingReader::read_crc`](super::ring::RingReader::read_crc)); off a socket it is computed
-    /// piece by piece right after each piece arrives, while it is still in cache (over a whole
-    /// cold block the CRC costs about as much as the socket copy; measured in
-    /// docs/benchmarks.md).
+    /// Like [`read_into`](Self::read_into), and returns the bytes' CRC32C. Bytes already in the
+    /// read buffer, and bytes out of a ring, are checksummed in the copy itself, which goes
+    /// `around_cache` or through it (as [`RingReader::read_crc`](super::ring::RingReader::read_crc)).
+    /// Bytes read off a socket straight into `dst` are checksummed piece by piece right after
+    /// each piece arrives, while it is still in cache (over a whole cold block the CRC costs
+    /// about as much as the socket copy; measured in docs/benchmarks.md).
     pub(crate) async fn read_into_crc(&mut self, dst: &mut [u8], around_cache: bool) -> io::Result<u32> {
+        let copy: CopyFn = if around_cache { crc_stream_copy } else { copy_crc };
         let mut crc = 0;
         let mut pos = 0;
         while pos < dst.len() {
-            if self.inner.buffer().is_empty()
-                && let Some(ring) = self.inner.get_mut().ring()
-            {
+            if !self.inner.buffer().is_empty() {
+                // SAFETY: `dst[pos..]` is valid for writes of its length.
+                (pos, crc) = unsafe {
+                    let (n, c) = self.take_buffered(dst[pos..].as_mut_ptr(), dst.len() - pos, crc, copy);
+                    (pos + n, c)
+                };
+                continue;
+            }
+            if let Some(ring) = self.inner.get_mut().ring() {
                 let (n, c) = ring.read_crc(&mut dst[pos..], crc, around_cache).await?;
                 if n == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
                 (pos, crc) = (pos + n, c);
+                continue;
+            }
+            if dst.len() - pos < self.direct {
+                self.fill().await?;
                 continue;
             }
             let end = (pos + CRC_CHUNK).min(dst.len());
@@ -413,6 +484,29 @@ mod tests {
         assert_eq!(SegmentCrcs::new(&[]).finish(), Vec::<u32>::new());
     }
 
+    /// The copying feed: the same CRCs as `update`, every byte copied, those past the last
+    /// segment too.
+    #[test]
+    fn segment_crcs_copy_checksums_as_update_does_and_copies_every_byte() {
+        let data: Vec<u8> = (0..30_000u32).map(|i| (i * 13 + i / 7) as u8).collect();
+        let lens = [0u64, 13_000, 0, 1, 12_999, 0];
+        let covered: usize = lens.iter().sum::<u64>() as usize;
+        for piece in [1usize, 64, 4096, 12_345, 30_000] {
+            let (mut by_update, mut by_copy) = (SegmentCrcs::new(&lens), SegmentCrcs::new(&lens));
+            let mut dst = vec![0u8; data.len()];
+            for (i, chunk) in data.chunks(piece).enumerate() {
+                by_update.update(chunk);
+                // SAFETY: `dst` has room for this chunk at its offset and is a separate vector.
+                unsafe { by_copy.copy(chunk, dst.as_mut_ptr().add(i * piece)) };
+            }
+            let want = by_update.finish();
+            assert_eq!(want.len(), lens.len());
+            assert_eq!(want[1], crc32c::crc32c(&data[..13_000]));
+            assert_eq!(by_copy.finish(), want, "piece size {piece}");
+            assert_eq!(dst, data, "piece size {piece}: bytes, {} of them past the segments", data.len() - covered);
+        }
+    }
+
     #[tokio::test]
     async fn read_into_crc_returns_the_crc_of_what_it_read() {
         let (mut a, b) = tokio::io::duplex(1 << 12);
@@ -457,16 +551,20 @@ mod tests {
                 }
                 1 => {
                     let mut dst = vec![0u8; n];
-                    assert_eq!(r.read_into_crc(&mut dst, false).await.unwrap(), crc32c::crc32c(want));
-                    assert_eq!(dst, want, "read_into_crc of {n} bytes at {pos} (ring: {ring})");
+                    let around_cache = i % 2 == 0;
+                    assert_eq!(r.read_into_crc(&mut dst, around_cache).await.unwrap(), crc32c::crc32c(want));
+                    assert_eq!(dst, want, "read_into_crc of {n} bytes at {pos} (ring: {ring}, around: {around_cache})");
                 }
                 _ => {
+                    // Three segments, one of them empty, as a GET_BATCH answer's.
                     let mut buf = b"prefix".to_vec();
-                    let lens = [n as u64];
+                    let cut = n / 3;
+                    let lens = [cut as u64, 0, (n - cut) as u64];
                     let mut crcs = SegmentCrcs::new(&lens);
                     r.read_append(&mut buf, n as u64, &mut crcs).await.unwrap();
                     assert_eq!(&buf[6..], want, "read_append of {n} bytes at {pos} (ring: {ring})");
-                    assert_eq!(crcs.finish(), vec![crc32c::crc32c(want)]);
+                    let (head, tail) = want.split_at(cut);
+                    assert_eq!(crcs.finish(), vec![crc32c::crc32c(head), 0, crc32c::crc32c(tail)]);
                 }
             }
             pos += n;
