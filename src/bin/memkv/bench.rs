@@ -11,6 +11,7 @@
 //! the same phases through the real NIXL agent and libplugin_MEMKV.so (bench_nixl.rs). Both
 //! produce the same [`PhaseResult`] rows, so every output format and the plot work for either.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -503,6 +504,15 @@ fn default_keys(size: u64, inflight: usize) -> u64 {
     (VALUE_BUDGET / size).clamp(8, 4096).max(inflight as u64)
 }
 
+/// The `n` entries of `all` from `from` on, wrapping around to its start: borrowed where they
+/// do not wrap.
+fn window<T: Clone>(all: &[T], from: usize, n: usize) -> Cow<'_, [T]> {
+    match all.get(from..from + n) {
+        Some(w) => Cow::Borrowed(w),
+        None => Cow::Owned(all.iter().cycle().skip(from).take(n).cloned().collect()),
+    }
+}
+
 /// One phase over the first `keys` keys of `values`.
 async fn phase(client: &Client, values: &Arc<Values>, kind: Kind, keys: usize, args: &BenchArgs) -> PhaseResult {
     let deadline = Duration::from_secs_f64(args.duration);
@@ -526,11 +536,22 @@ async fn phase(client: &Client, values: &Arc<Values>, kind: Kind, keys: usize, a
     let block = usize::try_from(values.size).expect("a value that was built fits in memory");
     let pool_bytes = if args.pool && kind != Kind::Put { batch as usize * block } else { 0 };
     let mut pools: Vec<Vec<u8>> = (0..requests).map(|_| vec![0x5a; pool_bytes]).collect();
+    // Every request's entries, made once (as redis-benchmark makes its commands once): a request
+    // of consecutive keys is a window of these, so the timed loop allocates no keys.
+    let (puts, gets): (Arc<[PutItem]>, Arc<[GetItem]>) = {
+        let length = if pool_bytes > 0 { values.size } else { 0 };
+        let keys = &values.keys[..keys];
+        (
+            keys.iter().zip(&values.data).map(|(k, d)| PutItem::whole(k.clone(), d.clone())).collect(),
+            keys.iter().map(|k| GetItem { key: k.clone(), offset: 0, length }).collect(),
+        )
+    };
     let start = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..requests {
         let (client, values, next, bytes_done, bar) =
             (client.clone(), Arc::clone(values), Arc::clone(&next), Arc::clone(&bytes_done), bar.clone());
+        let (puts, gets) = (Arc::clone(&puts), Arc::clone(&gets));
         let (count, verify_every) = (args.count, args.verify_every);
         let mut pool = pools.pop().expect("one pool per request");
         workers.spawn(async move {
@@ -562,9 +583,7 @@ async fn phase(client: &Client, values: &Arc<Values>, kind: Kind, keys: usize, a
                     let k = key_of(0);
                     client.put(&values.keys[k], values.data[k].clone()).await.err()
                 } else if !write && !pool.is_empty() {
-                    let items: Vec<GetItem> = (0..n)
-                        .map(|j| GetItem { key: values.keys[key_of(j)].clone(), offset: 0, length: values.size })
-                        .collect();
+                    let items = window(&gets, key_of(0), n as usize);
                     // SAFETY: each target is its own block of this request's pool, which nothing
                     // reads or writes until the loans have ended (waited for below).
                     let targets =
@@ -593,16 +612,9 @@ async fn phase(client: &Client, values: &Arc<Values>, kind: Kind, keys: usize, a
                         Err(e) => Some(e),
                     }
                 } else if write {
-                    let items: Vec<PutItem> = (0..n)
-                        .map(|j| {
-                            let k = key_of(j);
-                            PutItem { key: values.keys[k].clone(), offset: 0, total: values.size, data: values.data[k].clone() }
-                        })
-                        .collect();
-                    client.put_batch(&items).await.err()
+                    client.put_batch(&window(&puts, key_of(0), n as usize)).await.err()
                 } else {
-                    let items: Vec<GetItem> =
-                        (0..n).map(|j| GetItem { key: values.keys[key_of(j)].clone(), offset: 0, length: 0 }).collect();
+                    let items = window(&gets, key_of(0), n as usize);
                     match client.get_batch(&items).await {
                         Ok(got) => {
                             for (j, v) in got.iter().enumerate() {
@@ -691,6 +703,15 @@ fn print_table(results: &[PhaseResult]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_borrows_consecutive_entries_and_wraps_past_the_end() {
+        let all = [0, 1, 2, 3, 4];
+        assert!(matches!(window(&all, 1, 3), Cow::Borrowed([1, 2, 3])));
+        assert!(matches!(window(&all, 1, 4), Cow::Borrowed([1, 2, 3, 4])));
+        assert_eq!(*window(&all, 3, 4), [3, 4, 0, 1]);
+        assert_eq!(*window(&all, 4, 12), [4, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0], "more entries than there are");
+    }
 
     #[test]
     fn default_keys_fill_the_value_budget_and_cover_every_block_in_flight() {
