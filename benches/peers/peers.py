@@ -41,8 +41,9 @@ outside this run used meanwhile; plus a "meta" row with the date and commit, "ce
 "failed" rows), <out>.md (medians over the rounds: GiB/s, p99, the ratios issue 7 names, and a
 list of its targets, each met or not met, computed from the figures) and <out>.svg (GiB/s vs block
 size), and prints the markdown. `--from-csv` writes the .md and .svg again from a CSV without
-measuring. CPU time used by processes outside this run is sampled from /proc after each
-measurement, so a busy machine shows in the output.
+measuring; given the CSVs of several runs of the same code, it pools their rounds. CPU time used
+by processes outside this run is sampled from /proc after each measurement, so a busy machine
+shows in the output.
 
 Run through benches/peers/run.sh, which installs what this needs and starts the servers.
 """
@@ -51,6 +52,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -486,8 +488,8 @@ def report(a, sizes, systems, rows, ceilings, load_summary, failures, busy, meta
         return "" if v is None else f"{v:.0%}"
 
     n_rounds = len({r[0] for r in rows})
-    csv = a.from_csv.resolve() if a.from_csv else a.out.with_suffix(".csv")
-    md = [f"Run {meta.replace('; ', ', ')}; "
+    csvs = [c.resolve() for c in a.from_csv] if a.from_csv else [a.out.with_suffix(".csv")]
+    md = [("Run " if len(csvs) == 1 else f"{len(csvs)} runs pooled: ") + f"{meta.replace('; ', ', ')}; "
           f"{n_rounds} round(s) of {a.seconds:g} s per op; medians over the rounds.",
           "",
           "Ceilings: " + ", ".join(f"{k} **{v:.3f} GiB/s**" for k, v in ceiling.items())
@@ -641,7 +643,7 @@ def report(a, sizes, systems, rows, ceilings, load_summary, failures, busy, meta
            f"other, in turn first: {'; '.join(', '.join(g) for g in groups_in(systems)) or 'none'}. {load_summary}"
            + (f"; measurements during which they used ≥ {BUSY_S:g} CPU-second: {', '.join(busy)}" if busy
               else f"; no measurement saw {BUSY_S:g} CPU-second of it") + ". "
-           f"Raw rows: `{csv.relative_to(ROOT) if csv.is_relative_to(ROOT) else csv}`."]
+           "Raw rows: " + ", ".join(f"`{c.relative_to(ROOT) if c.is_relative_to(ROOT) else c}`" for c in csvs) + "."]
     if failures:
         md += ["", "Failed measurements (left out of the medians; the run's output has the errors):"] + [
             f"- {f}" for f in failures]
@@ -707,6 +709,36 @@ def read_csv(path):
     return rows, [ceilings[k] for k in sorted(ceilings)], failures, meta
 
 
+def code_differs(a, b):
+    """Whether commits `a` and `b` differ outside docs/ (None where git cannot tell)."""
+    try:
+        r = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", a, b, "--", ".", ":!docs"], capture_output=True)
+    except OSError:
+        return None
+    return {0: False, 1: True}.get(r.returncode)
+
+
+def pool(runs):
+    """Several runs' (rows, ceilings, failures, meta) as one: the rounds of each renumbered to follow
+    those of the runs before it, every run's meta kept with the rounds it gave. Only runs of the
+    same code belong together; the report names each run's commit so that a reader can check."""
+    if len(runs) == 1:
+        return runs[0]
+    commits = [m.group(1) for m in (re.search(r"commit ([0-9a-f]{7,40})", r[3]) for r in runs) if m]
+    for c in commits[1:]:
+        if code_differs(commits[0], c):
+            raise SystemExit(f"the runs measured different code: commits {commits[0]} and {c} differ outside docs/ "
+                             f"(git diff {commits[0]} {c}); pool only runs of the same code")
+    rows, ceilings, failures, metas = [], [], [], []
+    for r, c, f, meta in runs:
+        shift = len(ceilings)
+        rows += [(x[0] + shift,) + x[1:] for x in r]
+        failures += [(x[0] + shift,) + x[1:] for x in f]
+        ceilings += c
+        metas.append(f"{meta} (rounds {shift + 1}-{len(ceilings)})")
+    return rows, ceilings, failures, " + ".join(metas)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin", type=Path, default=ROOT / "target" / "release")
@@ -722,9 +754,10 @@ def main():
     ap.add_argument("--mooncake-python", default=sys.executable, help="a python with mooncake installed")
     ap.add_argument("--iperf-ports", default="5299,5300")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "peers")
-    ap.add_argument("--from-csv", type=Path,
+    ap.add_argument("--from-csv", type=Path, nargs="+",
                     help="measure nothing: write <out>.md and <out>.svg again from a run's CSV (give the "
-                    "--seconds and --verify-every that run had)")
+                    "--seconds and --verify-every that run had); several CSVs, runs of the same code with the "
+                    "same settings, are pooled: their rounds judged together, as one longer run's would be")
     a = ap.parse_args()
     a.iperf_ports = [int(p) for p in a.iperf_ports.split(",")]
     a.out = a.out.resolve()
@@ -736,13 +769,14 @@ def main():
                  else "--rounds must be at least 1 and --seconds positive")
 
     if a.from_csv:
-        rows, ceilings, failures, meta = read_csv(a.from_csv)
+        rows, ceilings, failures, meta = pool([read_csv(p) for p in a.from_csv])
         sizes = sorted({r[3] for r in rows if r[2] in ("put", "get")}) if a.sizes == SIZES else sizes
         # Only the systems the CSV measured (a row added since has no column there).
         systems = [s for s in systems if any(r[1] == s for r in rows + failures)]
         other = {(r[0], r[1], r[3]): r[8] or 0.0 for r in rows + failures}  # put and get share one sample
         load_summary = (f"processes outside this run used at least {sum(other.values()):.0f} CPU-seconds "
-                        f"during its measurements (this report was re-rendered from `{a.from_csv.name}`)")
+                        f"during its measurements (this report was re-rendered from "
+                        f"{', '.join(f'`{p.name}`' for p in a.from_csv)})")
     else:
         # Taken before measuring: the binaries are built from the tree as it is now, and edits
         # made while the run goes on must not mark it as measuring uncommitted changes.

@@ -1,8 +1,8 @@
 """benches/peers/peers.py's order of measurement: the systems rotate round by round, and the rows
 issue 7's closest targets compare (memkv-nixl with memkv and memkv-pool, memkv-nixl-shm with
 memkv-shm, redis with memkv-1t-batch4 and memkv-shm-1t-batch16) are always measured next to each
-other, each side first in turn; and the per-round ratio that each verdict against one named system
-is judged by."""
+other, each side first in turn; the per-round ratio that each verdict against one named system
+is judged by; and the pooling of several runs' rounds (`--from-csv A.csv B.csv`)."""
 
 import argparse
 import sys
@@ -86,3 +86,44 @@ def test_a_verdict_is_judged_by_the_per_round_ratio_not_the_ratio_of_the_medians
     line = next(t for t in report_targets(rows) if t.startswith("- 4 KiB and 64 KiB, memkv-1t-batch4"))
     assert line.startswith("- 4 KiB and 64 KiB, memkv-1t-batch4 (one thread per process and 4 blocks per request, "
                            "as Redis's pipeline of 4) ≥ redis: **met**"), line
+
+
+def run(meta, ratios):
+    """One run's (rows, ceilings, failures, meta): memkv-1t-batch4 and redis, PUT 4 KiB, one round
+    per (ours, theirs) pair."""
+    rows = [(rnd, name, "put", 4096, gib, gib * 2**30 / 4096, 100.0, True, 0.0)
+            for rnd, (ours, theirs) in enumerate(ratios, 1)
+            for name, gib in (("memkv-1t-batch4", ours), ("redis", theirs))]
+    return rows, [{"iperf3 -P 1": 5.0}] * len(ratios), [], meta
+
+
+def test_pooled_runs_are_judged_as_one_longer_run_would_be(monkeypatch):
+    monkeypatch.setattr(peers, "code_differs", lambda a, b: False)
+    first = run("2026-11-27; commit aaaaaaa; 2 CPUs", [(0.9, 1.0), (0.95, 1.0), (1.2, 1.0)])
+    second = run("2026-11-28; commit bbbbbbb; 2 CPUs", [(1.1, 1.0), (1.05, 1.0)])
+    rows, ceilings, failures, meta = peers.pool([first, second])
+    assert [r[0] for r in rows] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert len(ceilings) == 5 and failures == []
+    assert meta == ("2026-11-27; commit aaaaaaa; 2 CPUs (rounds 1-3) + 2026-11-28; commit bbbbbbb; 2 CPUs (rounds 4-5)")
+    # The first run alone misses (median of 0.9, 0.95, 1.2); the five rounds together meet.
+    assert peers.round_ratio(first[0], "memkv-1t-batch4", "redis", "put", 4096) == 0.95
+    assert peers.round_ratio(rows, "memkv-1t-batch4", "redis", "put", 4096) == 1.05
+    # One run is passed through as it is.
+    assert peers.pool([first]) == first
+
+
+def test_runs_of_different_code_are_not_pooled(monkeypatch):
+    asked = []
+    monkeypatch.setattr(peers, "code_differs", lambda a, b: asked.append((a, b)) or True)
+    try:
+        peers.pool([run("d; commit aaaaaaa; 2 CPUs", [(1.0, 1.0)]), run("d; commit bbbbbbb; 2 CPUs", [(1.0, 1.0)])])
+    except SystemExit as e:
+        assert "commits aaaaaaa and bbbbbbb differ outside docs/" in str(e), e
+    else:
+        raise AssertionError("runs of different code were pooled")
+    assert asked == [("aaaaaaa", "bbbbbbb")]
+
+
+def test_code_differs_asks_git_and_says_none_where_it_cannot_tell():
+    assert peers.code_differs("HEAD", "HEAD") is False
+    assert peers.code_differs("HEAD", "0000000") is None
