@@ -134,6 +134,34 @@ fn same_host_copy_cold(c: &mut Criterion) {
     g.finish();
 }
 
+/// The streaming copy of 16 MiB from a cold source into a cold destination, by where the
+/// destination lies against the source modulo 4 KiB (`crc_copy::stream_order` picks how to store
+/// for each): a line below, the same offset, one and two lines above, half a page away.
+fn same_host_copy_by_page_offset(c: &mut Criterion) {
+    const SIZE: usize = 16 << 20;
+    let src: Vec<u8> = (0..COLD).map(|i| (i * 31) as u8).collect();
+    let mut dst = vec![0x5Au8; COLD + 16384];
+    let base = |p: *const u8| (4096 - p as usize % 4096) % 4096;
+    let (s0, d0) = (base(src.as_ptr()), base(dst.as_ptr()));
+    let mut g = c.benchmark_group("copy_with_crc_page_offset");
+    g.throughput(Throughput::Bytes(SIZE as u64));
+    g.sample_size(10);
+    for rel in [-64isize, 0, 80, 144, 2048] {
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        g.bench_function(BenchmarkId::new("one_pass_streamed", rel), |b| {
+            b.iter(|| {
+                // Page-aligned blocks of the source (less a page) and the destination, `rel`
+                // bytes apart in page offset.
+                let r = next_block(&mut rng, SIZE);
+                let from = s0 + r.start.min(COLD - SIZE - 4096);
+                let to = (d0 as isize + 4096 + rel) as usize + next_block(&mut rng, SIZE).start;
+                memkv::testing::copy_with_crc(&src[from..from + SIZE], &mut dst[to..to + SIZE], true)
+            })
+        });
+    }
+    g.finish();
+}
+
 fn batch_meta(c: &mut Criterion) {
     let keys: Vec<Vec<u8>> = (0..256).map(|i| format!("model-a/tp0/{i:016x}").into_bytes()).collect();
     let entries: Vec<BatchGetEntry<'_>> = keys.iter().map(|k| BatchGetEntry { key: k, offset: 0, length: 0 }).collect();
@@ -178,6 +206,7 @@ criterion_group!(
     crc_cold,
     same_host_copy,
     same_host_copy_cold,
+    same_host_copy_by_page_offset,
     batch_meta,
     routing
 );

@@ -313,7 +313,7 @@ impl Client {
             return Ok(got);
         }
         let node = || self.inner.nodes[idx].name.clone();
-        let mut bufs: Vec<Vec<u8>> = Vec::new();
+        let mut bufs: Vec<(Vec<u8>, usize)> = Vec::new();
         // Addresses, not pointers: the future stays `Send`.
         let mut locals: Vec<u64> = Vec::with_capacity(pinned.len());
         for &j in pinned {
@@ -330,8 +330,11 @@ impl Client {
                     });
                 }
                 None => {
-                    bufs.push(self.inner.pool.take(len));
-                    bufs.last_mut().map_or(0, |b| b.as_mut_ptr() as u64)
+                    let (mut buf, at) = self.inner.pool.take_placed(len, pins[j].addr);
+                    // In bounds: `take_placed` leaves `at + len` within the capacity.
+                    let local = buf.as_mut_ptr() as u64 + at as u64;
+                    bufs.push((buf, at));
+                    local
                 }
             };
             locals.push(local);
@@ -352,10 +355,11 @@ impl Client {
             got[j] = Some(match targets {
                 Some(_) => Got::Placed,
                 None => {
-                    let mut b = bufs.next().unwrap_or_default();
-                    // SAFETY: the read filled all `len` bytes (capacity ≥ len, from `take`).
-                    unsafe { b.set_len(len) };
-                    Got::Bytes(self.inner.pool.freeze(b))
+                    let (mut b, at) = bufs.next().unwrap_or_default();
+                    // SAFETY: the read filled the `len` bytes from `at`, within the capacity;
+                    // the `at` before them are zeroes (both from `take_placed`).
+                    unsafe { b.set_len(at + len) };
+                    Got::Bytes(self.inner.pool.freeze_at(b, at))
                 }
             });
         }

@@ -18,8 +18,9 @@
 //! Taking the CRC in a second pass read the (usually cold) source twice, or the destination once
 //! more. The loop prefetches each line one step (three lanes) ahead: the hardware prefetchers
 //! stop at 4 KiB page boundaries, so without it every lane started on a cold page. A streaming
-//! copy whose destination sits within a line of the source's page offset stores each round one
-//! line behind its loads (see `aliased`). Where the CPU lacks AVX2 or SSE 4.2 the copies fall
+//! copy stores whole lines (a head up to a 64-byte aligned destination goes by `memcpy`), in the
+//! order that keeps its loads off the page offsets of its pending stores (see `stream_order`).
+//! Where the CPU lacks AVX2 or SSE 4.2 the copies fall
 //! back to the two steps, piece by piece, and the check to the `crc32c` crate.
 
 /// Bytes per CRC lane; a step covers three of them.
@@ -44,10 +45,10 @@ pub(crate) unsafe fn crc_stream_copy(crc: u32, src: *const u8, dst: *mut u8, n: 
     if x86::available() {
         // SAFETY: the CPU has the features; the caller's contract.
         return unsafe {
-            if aliased(src, dst) {
-                x86::lanes::<{ x86::STREAM_LAGGED }>(crc, src, dst, n)
-            } else {
-                x86::lanes::<{ x86::STREAM }>(crc, src, dst, n)
+            match stream_order(src, dst) {
+                Order::Lagged => x86::lanes::<{ x86::STREAM_LAGGED }>(crc, src, dst, n),
+                Order::Cached => x86::lanes::<{ x86::CACHED_SRC }>(crc, src, dst, n),
+                Order::Up => x86::lanes::<{ x86::STREAM }>(crc, src, dst, n),
             }
         };
     }
@@ -55,16 +56,39 @@ pub(crate) unsafe fn crc_stream_copy(crc: u32, src: *const u8, dst: *mut u8, n: 
     unsafe { pieces::<false>(crc, src, dst, n) }
 }
 
-/// Whether `dst` lies within one line (64 bytes) of `src` modulo 4 KiB: then the three lanes'
-/// loads would alias the stores just made to the same page offsets of the other lanes ("4K
-/// aliasing": the CPU matches loads against earlier stores by the low 12 address bits, and
-/// waits), and the streaming copy runs at half speed. It is the common case, not a corner: a
-/// page-aligned pool against a page-aligned arena object. Measured on the 2-core test VM, 4 MiB
-/// from cold memory: 6-7 GiB/s with the destination's page offset from 0x10 below to 0x40 above
-/// the source's, against 11-12 elsewhere (docs/benchmarks.md, "4K aliasing in the streaming
-/// copy").
-fn aliased(src: *const u8, dst: *const u8) -> bool {
-    (dst as usize).wrapping_sub(src as usize).wrapping_add(64) % 4096 < 128
+/// How the streaming copy stores.
+#[derive(Debug, PartialEq)]
+enum Order {
+    /// Each line as soon as it is loaded, around the cache.
+    Up,
+    /// Around the cache, a round of lines from all three lanes loaded before the previous round
+    /// is stored.
+    Lagged,
+    /// Through the cache.
+    Cached,
+}
+
+/// How to store so that the copy's loads stay off its pending stores' page offsets, by where
+/// `dst` lies against `src` modulo 4 KiB ("4K aliasing": the CPU matches a load against earlier
+/// stores by the low 12 address bits, and a load that meets a store still in flight waits for
+/// it; a non-temporal store stays in flight for long).
+///
+/// The three lanes are 4 KiB apart, so every lane's loads meet the page offsets of every lane's
+/// stores. Storing each line as soon as it is loaded, the stores of the last few rounds are in
+/// flight, `dst - src` past the lines they came from: a load meets one where `dst` lies from
+/// part of a line below `src` to three lines above it. Stores a round behind the loads, and
+/// after them, clear that up to a line above. From there to three lines above no upward order
+/// of non-temporal stores does (each lags the loads by fewer lines than it trails them in page
+/// offset), and ordinary stores, which do not wait in flight, are the fastest. 16 MiB copies on
+/// the 2-core test VM, GiB/s (docs/benchmarks.md, "The streaming copy at every page offset"):
+/// 1.0-1.2 within a line and 1.1-3.6 from one to three lines above, storing at once; 6.2-9.1
+/// lagged within a line, 4.2-5.9 through the cache above it; 6-9 elsewhere.
+fn stream_order(src: *const u8, dst: *const u8) -> Order {
+    match (dst as usize).wrapping_sub(src as usize).wrapping_add(64) % 4096 {
+        0..=128 => Order::Lagged,
+        129..256 => Order::Cached,
+        _ => Order::Up,
+    }
 }
 
 /// Copies `n` bytes from `src` to `dst` through the cache (the destination stays warm for its
@@ -193,9 +217,7 @@ mod x86 {
     /// [`lanes`]' modes: non-temporal stores and the CRC of the source lines just loaded.
     pub(super) const STREAM: u8 = 0;
     /// [`STREAM`] with each lane's stores one line behind its loads: a step's loads all come
-    /// before the stores, which land 64 bytes below them (for a destination that would alias
-    /// the source, see `super::aliased`: the loads then never meet a pending store's page
-    /// offset).
+    /// before the stores, which land 64 bytes below them (see `super::stream_order`).
     pub(super) const STREAM_LAGGED: u8 = 3;
     /// Ordinary stores and the CRC of the destination lines just stored.
     pub(super) const CACHED: u8 = 1;
@@ -205,7 +227,8 @@ mod x86 {
     pub(super) const CHECK: u8 = 2;
 
     /// The copy (or, with [`CHECK`], the read) in three lanes, long steps then short ones; see
-    /// the modes. With [`STREAM`] the head up to a 32-byte aligned destination goes by `memcpy`.
+    /// the modes. With the streaming modes the head up to a 64-byte aligned destination goes by `memcpy`, so that
+    /// every non-temporal store fills whole lines.
     ///
     /// # Safety
     /// AVX2 and SSE 4.2 are present; otherwise as [`super::crc_stream_copy`], except that with
@@ -213,10 +236,10 @@ mod x86 {
     #[target_feature(enable = "avx2,sse4.2")]
     pub(super) unsafe fn lanes<const MODE: u8>(crc: u32, src: *const u8, dst: *mut u8, n: usize) -> u32 {
         let streams = MODE == STREAM || MODE == STREAM_LAGGED;
-        let head = if streams { ((32 - (dst as usize & 31)) & 31).min(n) } else { 0 };
+        let head = if streams { ((64 - (dst as usize & 63)) & 63).min(n) } else { 0 };
         // SAFETY: every access below lies in the caller's ranges (`at + 3 * lane <= n` in the
         // loop; prefetches are hints and never fault); with the streaming modes, `dst + at + off`
-        // (and `off - 64`) is 32-byte aligned there (both lanes and `off` are multiples of 64);
+        // (and `off - 64`) is 64-byte aligned there (both lanes and `off` are multiples of 64);
         // with CHECK nothing touches `dst`.
         unsafe {
             if streams {
@@ -314,11 +337,12 @@ mod tests {
         copies_exactly_at(&[]);
     }
 
-    /// The streaming copy at destinations near the source's page offset (the lagged stores,
-    /// see `aliased`) and just outside that window.
+    /// The streaming copy at destinations near the source's page offset, in each way of storing
+    /// (see `stream_order`) and at the edges between them.
     #[test]
-    fn a_destination_at_the_sources_page_offset_streams_with_lagged_stores_exactly() {
-        let rel: Vec<isize> = vec![-65, -64, -63, -32, -1, 0, 1, 16, 31, 32, 63, 64, 65, 4095, 4096 + 17];
+    fn the_streaming_copy_is_exact_in_every_order() {
+        let rel: Vec<isize> =
+            vec![-65, -64, -63, -32, -1, 0, 1, 16, 31, 32, 63, 64, 65, 80, 128, 191, 192, 193, 4095, 4096 + 17];
         copies_exactly_at(&rel);
     }
 
@@ -356,10 +380,14 @@ mod tests {
                     };
                     dst.truncate(offset + len + 128);
                     if let Some(&r) = rel.get(i) {
-                        let window = r.rem_euclid(4096) >= 4032 || r.rem_euclid(4096) < 64;
+                        let order = match r.rem_euclid(4096) {
+                            4032.. | 0..=64 => Order::Lagged,
+                            65..192 => Order::Cached,
+                            _ => Order::Up,
+                        };
                         // SAFETY: in bounds.
                         let d = unsafe { dst.as_ptr().add(offset) };
-                        assert_eq!(aliased(data.as_ptr(), d), window, "rel {r}");
+                        assert_eq!(stream_order(data.as_ptr(), d), order, "rel {r}");
                     }
                     // SAFETY: both ranges are in bounds of distinct vectors.
                     let got = unsafe { f(0x1234_5678, data.as_ptr(), dst.as_mut_ptr().add(offset), len) };
