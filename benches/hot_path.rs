@@ -135,7 +135,7 @@ fn same_host_copy_cold(c: &mut Criterion) {
 }
 
 /// The streaming copy of 16 MiB from a cold source into a cold destination, by where the
-/// destination lies against the source modulo 4 KiB (`crc_copy::stream_order` picks how to store
+/// destination lies against the source modulo 4 KiB (`crc_copy::stores_for` picks how to store
 /// for each): a line below, the same offset, one and two lines above, half a page away.
 fn same_host_copy_by_page_offset(c: &mut Criterion) {
     const SIZE: usize = 16 << 20;

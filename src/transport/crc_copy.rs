@@ -6,8 +6,9 @@
 //! remainders) are copied and checksummed in one pass too; the last bytes under a short step go
 //! by `memcpy` and the crate.
 //!
-//! - [`crc_stream_copy`] stores around the cache (non-temporal stores) and checksums the source:
-//!   same-host writes, and reads of 1 MiB or more.
+//! - [`crc_stream_copy`] stores around the cache (non-temporal stores; through it at the page
+//!   offsets where those would stall) and checksums the source: same-host writes, and reads of
+//!   1 MiB or more.
 //! - [`copy_crc`] stores through the cache and checksums the destination: smaller same-host reads.
 //! - [`copy_crc_src`] stores through the cache and checksums the source: a frame's payload into a
 //!   ring, which its reader takes from the cache right away.
@@ -19,9 +20,9 @@
 //! more. The loop prefetches each line one step (three lanes) ahead: the hardware prefetchers
 //! stop at 4 KiB page boundaries, so without it every lane started on a cold page. A streaming
 //! copy stores whole lines (a head up to a 64-byte aligned destination goes by `memcpy`), in the
-//! order that keeps its loads off the page offsets of its pending stores (see `stream_order`).
-//! Where the CPU lacks AVX2 or SSE 4.2 the copies fall
-//! back to the two steps, piece by piece, and the check to the `crc32c` crate.
+//! way that keeps its loads off the page offsets of its pending stores (see `stores_for`).
+//! Where the CPU lacks AVX2 or SSE 4.2 the copies fall back to the two steps, piece by piece, and
+//! the check to the `crc32c` crate.
 
 /// Bytes per CRC lane; a step covers three of them.
 const LANE: usize = 4096;
@@ -35,7 +36,8 @@ const PIECE: usize = 256 * 1024;
 pub(crate) type CopyFn = unsafe fn(u32, *const u8, *mut u8, usize) -> u32;
 
 /// Copies `n` bytes from `src` to `dst` around the cache (non-temporal stores, fenced before
-/// it returns) and returns `crc` extended by the source bytes as they were copied (as
+/// it returns; ordinary stores where `dst`'s page offset would stall them, see `stores_for`)
+/// and returns `crc` extended by the source bytes as they were copied (as
 /// `crc32c::crc32c_append(crc, src[..n])` when nothing writes `src` meanwhile).
 ///
 /// # Safety
@@ -45,10 +47,10 @@ pub(crate) unsafe fn crc_stream_copy(crc: u32, src: *const u8, dst: *mut u8, n: 
     if x86::available() {
         // SAFETY: the CPU has the features; the caller's contract.
         return unsafe {
-            match stream_order(src, dst) {
-                Order::Lagged => x86::lanes::<{ x86::STREAM_LAGGED }>(crc, src, dst, n),
-                Order::Cached => x86::lanes::<{ x86::CACHED_SRC }>(crc, src, dst, n),
-                Order::Up => x86::lanes::<{ x86::STREAM }>(crc, src, dst, n),
+            match stores_for(src, dst) {
+                Stores::Lagged => x86::lanes::<{ x86::STREAM_LAGGED }>(crc, src, dst, n),
+                Stores::Cached => x86::lanes::<{ x86::CACHED_SRC }>(crc, src, dst, n),
+                Stores::AtOnce => x86::lanes::<{ x86::STREAM }>(crc, src, dst, n),
             }
         };
     }
@@ -58,9 +60,9 @@ pub(crate) unsafe fn crc_stream_copy(crc: u32, src: *const u8, dst: *mut u8, n: 
 
 /// How the streaming copy stores.
 #[derive(Debug, PartialEq)]
-enum Order {
+enum Stores {
     /// Each line as soon as it is loaded, around the cache.
-    Up,
+    AtOnce,
     /// Around the cache, a round of lines from all three lanes loaded before the previous round
     /// is stored.
     Lagged,
@@ -77,17 +79,17 @@ enum Order {
 /// stores. Storing each line as soon as it is loaded, the stores of the last few rounds are in
 /// flight, `dst - src` past the lines they came from: a load meets one where `dst` lies from
 /// part of a line below `src` to three lines above it. Stores a round behind the loads, and
-/// after them, clear that up to a line above. From there to three lines above no upward order
-/// of non-temporal stores does (each lags the loads by fewer lines than it trails them in page
-/// offset), and ordinary stores, which do not wait in flight, are the fastest. 16 MiB copies on
+/// after them, clear that up to a line above. From there to three lines above, those still meet
+/// the loads of the rounds after them; ordinary stores, which do not wait in flight, are the
+/// fastest there (stores four rounds behind, held on the stack, were no faster). 16 MiB copies on
 /// the 2-core test VM, GiB/s (docs/benchmarks.md, "The streaming copy at every page offset"):
 /// 1.0-1.2 within a line and 1.1-3.6 from one to three lines above, storing at once; 6.2-9.1
 /// lagged within a line, 4.2-5.9 through the cache above it; 6-9 elsewhere.
-fn stream_order(src: *const u8, dst: *const u8) -> Order {
+fn stores_for(src: *const u8, dst: *const u8) -> Stores {
     match (dst as usize).wrapping_sub(src as usize).wrapping_add(64) % 4096 {
-        0..=128 => Order::Lagged,
-        129..256 => Order::Cached,
-        _ => Order::Up,
+        0..=128 => Stores::Lagged,
+        129..256 => Stores::Cached,
+        _ => Stores::AtOnce,
     }
 }
 
@@ -217,7 +219,7 @@ mod x86 {
     /// [`lanes`]' modes: non-temporal stores and the CRC of the source lines just loaded.
     pub(super) const STREAM: u8 = 0;
     /// [`STREAM`] with each lane's stores one line behind its loads: a step's loads all come
-    /// before the stores, which land 64 bytes below them (see `super::stream_order`).
+    /// before the stores, which land 64 bytes below them (see `super::stores_for`).
     pub(super) const STREAM_LAGGED: u8 = 3;
     /// Ordinary stores and the CRC of the destination lines just stored.
     pub(super) const CACHED: u8 = 1;
@@ -338,7 +340,7 @@ mod tests {
     }
 
     /// The streaming copy at destinations near the source's page offset, in each way of storing
-    /// (see `stream_order`) and at the edges between them.
+    /// (see `stores_for`) and at the edges between them.
     #[test]
     fn the_streaming_copy_is_exact_in_every_order() {
         let rel: Vec<isize> =
@@ -381,13 +383,13 @@ mod tests {
                     dst.truncate(offset + len + 128);
                     if let Some(&r) = rel.get(i) {
                         let order = match r.rem_euclid(4096) {
-                            4032.. | 0..=64 => Order::Lagged,
-                            65..192 => Order::Cached,
-                            _ => Order::Up,
+                            4032.. | 0..=64 => Stores::Lagged,
+                            65..192 => Stores::Cached,
+                            _ => Stores::AtOnce,
                         };
                         // SAFETY: in bounds.
                         let d = unsafe { dst.as_ptr().add(offset) };
-                        assert_eq!(stream_order(data.as_ptr(), d), order, "rel {r}");
+                        assert_eq!(stores_for(data.as_ptr(), d), order, "rel {r}");
                     }
                     // SAFETY: both ranges are in bounds of distinct vectors.
                     let got = unsafe { f(0x1234_5678, data.as_ptr(), dst.as_mut_ptr().add(offset), len) };
