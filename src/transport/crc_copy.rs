@@ -229,8 +229,8 @@ mod x86 {
     pub(super) const CHECK: u8 = 2;
 
     /// The copy (or, with [`CHECK`], the read) in three lanes, long steps then short ones; see
-    /// the modes. With the streaming modes the head up to a 64-byte aligned destination goes by `memcpy`, so that
-    /// every non-temporal store fills whole lines.
+    /// the modes. With the streaming modes the head up to a 64-byte aligned destination goes by
+    /// `memcpy`, so that every non-temporal store fills whole lines.
     ///
     /// # Safety
     /// AVX2 and SSE 4.2 are present; otherwise as [`super::crc_stream_copy`], except that with
@@ -342,7 +342,7 @@ mod tests {
     /// The streaming copy at destinations near the source's page offset, in each way of storing
     /// (see `stores_for`) and at the edges between them.
     #[test]
-    fn the_streaming_copy_is_exact_in_every_order() {
+    fn the_streaming_copy_is_exact_in_every_way_of_storing() {
         let rel: Vec<isize> =
             vec![-65, -64, -63, -32, -1, 0, 1, 16, 31, 32, 63, 64, 65, 80, 128, 191, 192, 193, 4095, 4096 + 17];
         copies_exactly_at(&rel);
@@ -382,14 +382,14 @@ mod tests {
                     };
                     dst.truncate(offset + len + 128);
                     if let Some(&r) = rel.get(i) {
-                        let order = match r.rem_euclid(4096) {
+                        let stores = match r.rem_euclid(4096) {
                             4032.. | 0..=64 => Stores::Lagged,
                             65..192 => Stores::Cached,
                             _ => Stores::AtOnce,
                         };
                         // SAFETY: in bounds.
                         let d = unsafe { dst.as_ptr().add(offset) };
-                        assert_eq!(stores_for(data.as_ptr(), d), order, "rel {r}");
+                        assert_eq!(stores_for(data.as_ptr(), d), stores, "rel {r}");
                     }
                     // SAFETY: both ranges are in bounds of distinct vectors.
                     let got = unsafe { f(0x1234_5678, data.as_ptr(), dst.as_mut_ptr().add(offset), len) };
