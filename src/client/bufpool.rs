@@ -9,8 +9,8 @@
 //! A pooled buffer has a page of room past its size class, so that a same-host read can put its
 //! bytes at the page offset its copy runs fastest at ([`BufPool::take_placed`]): half a page
 //! from the source's, where the streaming copy's loads never meet its pending stores (see
-//! `transport::crc_copy`). Where the heap happened to put a buffer a line or two past the
-//! source's page offset, 16 MiB reads into it ran at a quarter of the speed.
+//! `transport::crc_copy`). Where the heap happened to put a buffer one to three lines past the
+//! source's page offset, 16 MiB reads into it had copied at 1.0-1.1 GiB/s against 7-9 elsewhere.
 
 use std::sync::{Arc, Weak};
 
