@@ -2,7 +2,11 @@
 //! of a large request (`transport::shm`), the node's CRC check of a large COMMIT
 //! (`server::onesided`) and the committing of its arena at start (`server::arena`, `--prefault`).
 
+use std::any::Any;
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 /// A batch of at least this many bytes is worked on several threads; below it, handing runs to
 /// other threads and waiting for them would cost more than it saves.
@@ -46,26 +50,22 @@ where
         return items.iter().map(&f).collect();
     }
     let next = AtomicUsize::new(0);
-    let work = |out: &mut Vec<(usize, R)>| {
+    // One list per thread, each sized for every item so that it never grows: allocations per
+    // batch, not per item. A list is locked once, by the one thread that fills it.
+    let outs: Vec<Mutex<Vec<(usize, R)>>> =
+        (0..=helpers).map(|_| Mutex::new(Vec::with_capacity(items.len()))).collect();
+    let work = |k: usize| {
+        let mut out = lock(&outs[k]);
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(item) = items.get(i) else { break };
             out.push((i, f(item)));
         }
     };
-    let work = &work;
-    // Sized for every item, so that a list never grows: allocations per batch, not per item.
-    let mut outs: Vec<Vec<(usize, R)>> = (0..=helpers).map(|_| Vec::with_capacity(items.len())).collect();
-    pool.threads.in_place_scope(|s| {
-        let (here, others) = outs.split_first_mut().expect("one list for this thread");
-        for out in others {
-            s.spawn(move |_| work(out));
-        }
-        work(here);
-    });
+    pool.run(helpers, &work);
     drop(cpus);
     let mut slots: Vec<Option<R>> = items.iter().map(|_| None).collect();
-    for (i, r) in outs.into_iter().flatten() {
+    for (i, r) in outs.into_iter().flat_map(|o| o.into_inner().unwrap_or_else(PoisonError::into_inner)) {
         slots[i] = Some(r);
     }
     slots.into_iter().map(|r| r.expect("every item is taken exactly once")).collect()
@@ -76,9 +76,46 @@ where
 /// thread for each large request instead (a scoped thread per run) cost 7% of both cores of a
 /// 2-core VM at 2 MiB × 16 per NIXL request: about 600 thread starts and exits a second
 /// (docs/benchmarks.md).
+///
+/// An idle helper sleeps at once on the queue's condition variable. (Rayon's pool, used before,
+/// has idle workers spin on `sched_yield` first: with the node and a client busy on the same
+/// 2 cores that was 3,500 context switches a second, 8 times the raw client's, during NIXL PUTs
+/// of 16 MiB blocks.) And a batch never waits for a helper that has not started: once the
+/// items are all taken, the helpers still queued are called off.
 struct Pool {
-    threads: rayon::ThreadPool,
+    queue: Mutex<VecDeque<Help>>,
+    ready: Condvar,
     free: AtomicUsize,
+}
+
+/// One helper's share of a batch, queued for a pool thread.
+struct Help {
+    batch: Arc<Batch>,
+    /// Which of the batch's lists this helper fills.
+    k: usize,
+}
+
+/// A batch as its helpers see it.
+struct Batch {
+    /// The owner's work, its lifetime erased: called only while `state` is not `called_off`,
+    /// and the owner does not return before every call that started has finished.
+    work: *const (dyn Fn(usize) + Sync),
+    state: Mutex<Progress>,
+    finished: Condvar,
+}
+
+// SAFETY: `work` is `Sync` and only called under the protocol above; the rest is thread-safe.
+unsafe impl Send for Batch {}
+// SAFETY: as above.
+unsafe impl Sync for Batch {}
+
+#[derive(Default)]
+struct Progress {
+    started: usize,
+    finished: usize,
+    called_off: bool,
+    /// The first panic of a helper's call, raised again on the owner's thread.
+    panic: Option<Box<dyn Any + Send>>,
 }
 
 /// CPUs taken by one batch (its own thread and its helpers); handed back when dropped (also when
@@ -95,6 +132,70 @@ impl Pool {
         });
         Reserved(got, self)
     }
+
+    /// Calls `work(0)` here and `work(1..=helpers)` on pool threads, and returns when every
+    /// call that started has finished; helpers not started by the time `work(0)` returns are
+    /// called off. A panic of any call reaches the caller.
+    fn run(&self, helpers: usize, work: &(dyn Fn(usize) + Sync)) {
+        // SAFETY: only the lifetime changes; `Done` below keeps this frame (and so `work`) alive
+        // until no helper can call it any more, also when `work(0)` panics.
+        let erased: &'static (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(work) };
+        let batch = Arc::new(Batch { work: erased, state: Mutex::new(Progress::default()), finished: Condvar::new() });
+        lock(&self.queue).extend((1..=helpers).map(|k| Help { batch: Arc::clone(&batch), k }));
+        for _ in 0..helpers {
+            self.ready.notify_one();
+        }
+        /// Calls off the helpers not started and waits for the others.
+        struct Done<'a>(&'a Batch);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                let mut p = lock(&self.0.state);
+                p.called_off = true;
+                while p.finished < p.started {
+                    p = self.0.finished.wait(p).unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+        }
+        let done = Done(&batch);
+        work(0);
+        drop(done);
+        if let Some(panic) = lock(&batch.state).panic.take() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    /// A pool thread: takes the next helper's share off the queue, or sleeps until there is one.
+    fn serve(&self) {
+        loop {
+            let help = {
+                let mut q = lock(&self.queue);
+                loop {
+                    match q.pop_front() {
+                        Some(h) => break h,
+                        None => q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner),
+                    }
+                }
+            };
+            let batch = &help.batch;
+            {
+                let mut p = lock(&batch.state);
+                if p.called_off {
+                    continue;
+                }
+                p.started += 1;
+            }
+            // SAFETY: the batch was not called off when this call started, so its owner waits
+            // for it to finish before `work` goes away.
+            let work = unsafe { &*batch.work };
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| work(help.k)));
+            let mut p = lock(&batch.state);
+            p.finished += 1;
+            if let Err(panic) = result {
+                p.panic.get_or_insert(panic);
+            }
+            batch.finished.notify_all();
+        }
+    }
 }
 
 impl Drop for Reserved<'_> {
@@ -103,15 +204,24 @@ impl Drop for Reserved<'_> {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn pool() -> Option<&'static Pool> {
-    static POOL: std::sync::OnceLock<Option<Pool>> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
+    static POOL: OnceLock<Option<&'static Pool>> = OnceLock::new();
+    *POOL.get_or_init(|| {
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let threads =
-            rayon::ThreadPoolBuilder::new().num_threads(cpus).thread_name(|i| format!("memkv-par-{i}")).build().ok()?;
-        Some(Pool { threads, free: AtomicUsize::new(cpus) })
+        let pool: &'static Pool = Box::leak(Box::new(Pool {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+            free: AtomicUsize::new(cpus),
+        }));
+        let started = (0..cpus)
+            .filter(|i| std::thread::Builder::new().name(format!("memkv-par-{i}")).spawn(|| pool.serve()).is_ok())
+            .count();
+        (started > 0).then_some(pool)
     })
-    .as_ref()
 }
 
 #[cfg(test)]
@@ -159,6 +269,27 @@ mod tests {
             let out = map_by_bytes(items, workers, |&n| n, |&n| (n, std::thread::current().id()));
             assert!(out.iter().zip(items).all(|(&(m, t), &n)| m == n && t == here));
         }
+    }
+
+    #[test]
+    fn helpers_no_thread_started_are_called_off_and_the_caller_works_every_item() {
+        // A pool none of whose threads runs: the batch must not wait for them.
+        let idle = Pool { queue: Mutex::new(VecDeque::new()), ready: Condvar::new(), free: AtomicUsize::new(4) };
+        let items: Vec<u64> = (1..=9).collect();
+        let next = AtomicUsize::new(0);
+        let done = Mutex::new(Vec::new());
+        let shares = Mutex::new(Vec::new());
+        idle.run(3, &|k| {
+            lock(&shares).push(k);
+            while let Some(&n) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
+                lock(&done).push(n);
+            }
+        });
+        assert_eq!(*lock(&shares), [0], "only the caller's share ran");
+        assert_eq!(*lock(&done), items, "the caller took every item, in order");
+        let queued = lock(&idle.queue);
+        assert_eq!(queued.len(), 3, "the three helpers stay queued");
+        assert!(queued.iter().all(|h| lock(&h.batch.state).called_off), "and are called off");
     }
 
     #[test]
