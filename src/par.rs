@@ -80,8 +80,9 @@ where
 /// An idle helper sleeps at once on the queue's condition variable. (Rayon's pool, used before,
 /// has idle workers spin on `sched_yield` first: with the node and a NIXL client putting 16 MiB
 /// blocks on the same 2 cores, 3,500 context switches a second on the helpers of the two
-/// processes, of 4,850 in all, against 700 in all for the raw client's single blocks.) And a batch never waits for a helper that has not started: once the
-/// items are all taken, the helpers still queued are called off.
+/// processes, of 4,850 in all, against 700 in all for the raw client's single blocks.) And a
+/// batch never waits for a helper that has not started: once the items are all taken, the
+/// helpers still queued are called off.
 struct Pool {
     queue: Mutex<VecDeque<Help>>,
     ready: Condvar,
