@@ -6,7 +6,9 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Condvar, Mutex};
 
 /// A batch of at least this many bytes is worked on several threads; below it, handing runs to
 /// other threads and waiting for them would cost more than it saves.
@@ -55,7 +57,7 @@ where
     let outs: Vec<Mutex<Vec<(usize, R)>>> =
         (0..=helpers).map(|_| Mutex::new(Vec::with_capacity(items.len()))).collect();
     let work = |k: usize| {
-        let mut out = lock(&outs[k]);
+        let mut out = outs[k].lock();
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(item) = items.get(i) else { break };
@@ -65,7 +67,7 @@ where
     pool.run(helpers, &work);
     drop(cpus);
     let mut slots: Vec<Option<R>> = items.iter().map(|_| None).collect();
-    for (i, r) in outs.into_iter().flat_map(|o| o.into_inner().unwrap_or_else(PoisonError::into_inner)) {
+    for (i, r) in outs.into_iter().flat_map(Mutex::into_inner) {
         slots[i] = Some(r);
     }
     slots.into_iter().map(|r| r.expect("every item is taken exactly once")).collect()
@@ -142,7 +144,7 @@ impl Pool {
         // until no helper can call it any more, also when `work(0)` panics.
         let erased: &'static (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(work) };
         let batch = Arc::new(Batch { work: erased, state: Mutex::new(Progress::default()), finished: Condvar::new() });
-        lock(&self.queue).extend((1..=helpers).map(|k| Help { batch: Arc::clone(&batch), k }));
+        self.queue.lock().extend((1..=helpers).map(|k| Help { batch: Arc::clone(&batch), k }));
         for _ in 0..helpers {
             self.ready.notify_one();
         }
@@ -150,17 +152,17 @@ impl Pool {
         struct Done<'a>(&'a Batch);
         impl Drop for Done<'_> {
             fn drop(&mut self) {
-                let mut p = lock(&self.0.state);
+                let mut p = self.0.state.lock();
                 p.called_off = true;
                 while p.finished < p.started {
-                    p = self.0.finished.wait(p).unwrap_or_else(PoisonError::into_inner);
+                    self.0.finished.wait(&mut p);
                 }
             }
         }
         let done = Done(&batch);
         work(0);
         drop(done);
-        if let Some(panic) = lock(&batch.state).panic.take() {
+        if let Some(panic) = batch.state.lock().panic.take() {
             std::panic::resume_unwind(panic);
         }
     }
@@ -169,17 +171,17 @@ impl Pool {
     fn serve(&self) {
         loop {
             let help = {
-                let mut q = lock(&self.queue);
+                let mut q = self.queue.lock();
                 loop {
                     match q.pop_front() {
                         Some(h) => break h,
-                        None => q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner),
+                        None => self.ready.wait(&mut q),
                     }
                 }
             };
             let batch = &help.batch;
             {
-                let mut p = lock(&batch.state);
+                let mut p = batch.state.lock();
                 if p.called_off {
                     continue;
                 }
@@ -189,7 +191,7 @@ impl Pool {
             // for it to finish before `work` goes away.
             let work = unsafe { &*batch.work };
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| work(help.k)));
-            let mut p = lock(&batch.state);
+            let mut p = batch.state.lock();
             p.finished += 1;
             if let Err(panic) = result {
                 p.panic.get_or_insert(panic);
@@ -203,10 +205,6 @@ impl Drop for Reserved<'_> {
     fn drop(&mut self) {
         self.1.free.fetch_add(self.0, Ordering::AcqRel);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn pool() -> Option<&'static Pool> {
@@ -231,7 +229,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     /// The two tests below count on the pool's free CPUs: one at a time.
-    static POOL_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static POOL_TESTS: Mutex<()> = Mutex::new(());
 
     fn name() -> Option<String> {
         std::thread::current().name().map(str::to_owned)
@@ -239,7 +237,7 @@ mod tests {
 
     #[test]
     fn every_item_is_mapped_once_in_order_here_and_on_the_pool_for_a_lone_batch() {
-        let _one = POOL_TESTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one = POOL_TESTS.lock();
         let items: Vec<u64> = (0..37).map(|i| (i % 5 + 1) << 20).collect();
         let here = std::thread::current().id();
         let mut pool_threads = std::collections::HashSet::new();
@@ -281,21 +279,21 @@ mod tests {
         let done = Mutex::new(Vec::new());
         let shares = Mutex::new(Vec::new());
         idle.run(3, &|k| {
-            lock(&shares).push(k);
+            shares.lock().push(k);
             while let Some(&n) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
-                lock(&done).push(n);
+                done.lock().push(n);
             }
         });
-        assert_eq!(*lock(&shares), [0], "only the caller's share ran");
-        assert_eq!(*lock(&done), items, "the caller took every item, in order");
-        let queued = lock(&idle.queue);
+        assert_eq!(*shares.lock(), [0], "only the caller's share ran");
+        assert_eq!(*done.lock(), items, "the caller took every item, in order");
+        let queued = idle.queue.lock();
         assert_eq!(queued.len(), 3, "the three helpers stay queued");
-        assert!(queued.iter().all(|h| lock(&h.batch.state).called_off), "and are called off");
+        assert!(queued.iter().all(|h| h.batch.state.lock().called_off), "and are called off");
     }
 
     #[test]
     fn with_one_cpu_left_the_caller_works_the_batch_alone_and_a_panic_hands_the_cpus_back() {
-        let _one = POOL_TESTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one = POOL_TESTS.lock();
         let pool = pool().expect("the pool starts");
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         // Another batch holds every CPU but one (other users hand theirs back within their call).
